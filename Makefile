@@ -1,0 +1,37 @@
+# Every target is listed by `make help`. Versions live in versions.env and requirements.txt.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help setup up down status run serve test lint bench images
+
+help: ## List the targets
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin (idempotent)
+	@scripts/setup.sh
+
+up: ## Start Redis, placement, scheduler and Zipkin in the background
+	@scripts/stack.sh up
+
+down: ## Stop what `make up` started
+	@scripts/stack.sh down
+
+status: ## Show whether each local service answers
+	@scripts/stack.sh status
+
+run: setup up ## The one-shot: the agent writes a haiku through a durable workflow
+	dapr run --app-id durable-agent-minimal --resources-path ./resources --log-level error -- python durable_agent_minimal.py
+
+serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
+	dapr run --app-id durable-agent-service --resources-path ./resources -p 8001 --log-level warn -- python durable_agent_service.py
+
+test: setup ## Everything on the real stack: up, pytest, down (down also when tests fail)
+	@scripts/stack.sh up
+	@status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; scripts/stack.sh down; exit $$status
+
+lint: ## ruff on the Python code
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

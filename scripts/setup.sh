@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Installs everything the project runs on, from registries only (no GitHub, no Docker):
+#   python  .venv from requirements.txt
+#   dapr    daprd, placement, scheduler and the dapr CLI in ~/.dapr/bin, built from Go modules
+#   redis   redis-server from Debian packages
+#   zipkin  the Zipkin server jar from Maven Central
+#   config  ~/.dapr/config.yaml as `dapr init` writes it (tracing to Zipkin, metrics on)
+# Idempotent: each step checks what is there first, so a warm run takes seconds.
+# Usage: scripts/setup.sh [step ...]   (default: all steps)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=../versions.env
+source versions.env
+
+DAPR_BIN="$HOME/.dapr/bin"
+BUILD_DIR="$PWD/.cache/dapr-build"
+ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+
+step() {
+  local name=$1 started=$SECONDS
+  shift
+  echo "==> $name"
+  "$@"
+  echo "    $name: done in $((SECONDS - started))s"
+}
+
+# Prints a line every 30 s while a long command runs, so a 20-minute build never looks like a hang.
+with_heartbeat() {
+  local what=$1 log=$2 started=$SECONDS
+  shift 2
+  "$@" >"$log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30 &
+    wait $! || true
+    kill -0 "$pid" 2>/dev/null || break
+    echo "    $what: $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s, $(wc -l <"$log") log lines ($log)"
+  done
+  if ! wait "$pid"; then
+    tail -n 30 "$log" >&2
+    echo "setup: $what failed; full log in $log" >&2
+    return 1
+  fi
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+installed_runtime_version() {
+  "$DAPR_BIN/daprd" --version 2>/dev/null || true
+}
+
+installed_cli_version() {
+  "$DAPR_BIN/dapr" --version 2>/dev/null | sed -n 's/^CLI version: //p'
+}
+
+setup_python() {
+  local stamp=.venv/.requirements.sha256
+  local wanted
+  wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+    echo "    .venv matches requirements.txt"
+    return
+  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  with_heartbeat "pip install" .cache/pip-install.log \
+    .venv/bin/python -m pip install --progress-bar off -r requirements.txt
+  echo "$wanted" >"$stamp"
+}
+
+# Builds Go main packages at pinned versions through a throwaway main module in $1.
+# Neither `go install pkg@version` route works here: dapr's go.mod has replace directives (which
+# only the main module may carry, so tools/dapr/go.mod repeats them), and for the CLI the proxy
+# refuses the version list that `go install` asks for.
+# Usage: go_build_pinned DIR GO_MOD_TEMPLATE|"" LDFLAGS "MODULE@VERSION ..." [go build args] PACKAGE...
+go_build_pinned() {
+  local dir=$1 go_mod=$2 ldflags=$3 requirement
+  local -a requirements
+  read -r -a requirements <<<"$4"
+  shift 4
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    if [ -n "$go_mod" ]; then cp "$go_mod" go.mod; else go mod init tiniest-durable-agent/build 2>/dev/null; fi
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod
+    touch go.sum
+    for requirement in "${requirements[@]}"; do
+      go mod edit -require="$requirement"
+      # Each module's own go.sum vouches for its dependencies: no checksum-database look-ups.
+      sort -u go.sum "$(go mod download -json "$requirement" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/go.sum" -o go.sum
+    done
+    with_heartbeat "go build ${requirements[0]}" "$dir/build.log" \
+      go build -v -trimpath -ldflags "-s -w $ldflags" -o "$dir/bin/" "$@"
+  )
+}
+
+build_runtime() {
+  if [ "$(installed_runtime_version)" = "$DAPR_RUNTIME_VERSION" ]; then
+    echo "    daprd $DAPR_RUNTIME_VERSION already in $DAPR_BIN"
+    return
+  fi
+  echo "    building daprd, placement, scheduler $DAPR_RUNTIME_VERSION from Go modules"
+  echo "    (cold: ~1 GB of modules and 5-15 min of compiling on 2 cores; the Go caches make it fast next time)"
+  # allcomponents is the official flavour: without a tag daprd panics, stablecomponents lacks conversation.
+  go_build_pinned "$BUILD_DIR/runtime" tools/dapr/go.mod \
+    "-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION" \
+    "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" -tags allcomponents \
+    github.com/dapr/dapr/cmd/daprd github.com/dapr/dapr/cmd/placement github.com/dapr/dapr/cmd/scheduler
+  mkdir -p "$DAPR_BIN"
+  install -m 0755 "$BUILD_DIR"/runtime/bin/{daprd,placement,scheduler} "$DAPR_BIN/"
+}
+
+build_cli() {
+  if [ "$(installed_cli_version)" = "$DAPR_CLI_VERSION" ]; then
+    echo "    dapr CLI $DAPR_CLI_VERSION already in $DAPR_BIN"
+  else
+    # The CLI's own components-contrib (1.16.3) is refused by the proxy; 1.16.5 is a patch above it.
+    go_build_pinned "$BUILD_DIR/cli" "" "-X main.version=$DAPR_CLI_VERSION" \
+      "github.com/dapr/cli@v$DAPR_CLI_VERSION github.com/dapr/components-contrib@v$DAPR_CLI_CONTRIB_VERSION" \
+      github.com/dapr/cli
+    mkdir -p "$DAPR_BIN"
+    # The module's binary is named `cli`; users type `dapr`.
+    install -m 0755 "$BUILD_DIR/cli/bin/cli" "$DAPR_BIN/dapr"
+  fi
+  # Where the official installer puts the CLI, so README commands work as typed.
+  if [ ! -e /usr/local/bin/dapr ] && [ -w /usr/local/bin ]; then
+    ln -s "$DAPR_BIN/dapr" /usr/local/bin/dapr
+  fi
+  command -v dapr >/dev/null || echo "    note: add $DAPR_BIN to your PATH to type \`dapr\`"
+}
+
+setup_dapr() {
+  step "dapr runtime" build_runtime
+  step "dapr cli" build_cli
+  "$DAPR_BIN/dapr" --version | sed 's/^/    /'
+}
+
+setup_redis() {
+  if command -v redis-server >/dev/null; then
+    echo "    $(redis-server --version | cut -d' ' -f1-3)"
+    return
+  fi
+  as_root apt-get update -qq
+  # RUNLEVEL=1 keeps the package from starting a system-wide Redis on 6379; `make up` runs our own.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq redis-server >/dev/null
+  redis-server --version
+}
+
+setup_zipkin() {
+  if [ -f "$ZIPKIN_JAR" ]; then
+    echo "    $ZIPKIN_JAR"
+    return
+  fi
+  with_heartbeat "mvn zipkin" .cache/mvn-zipkin.log \
+    mvn -B -q dependency:get -Dtransitive=false -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec"
+  ls -l "$ZIPKIN_JAR"
+}
+
+setup_config() {
+  local target="$HOME/.dapr/config.yaml"
+  mkdir -p "$HOME/.dapr"
+  if [ ! -f "$target" ]; then
+    cp config/dapr-config.yaml "$target"
+    echo "    wrote $target"
+  elif cmp -s config/dapr-config.yaml "$target"; then
+    echo "    $target is current"
+  else
+    echo "    $target is your own and was left alone; the tests and \`make\` targets use config/dapr-config.yaml"
+  fi
+}
+
+main() {
+  mkdir -p .cache
+  local steps=("$@")
+  [ ${#steps[@]} -gt 0 ] || steps=(python dapr redis zipkin config)
+  local started=$SECONDS name
+  for name in "${steps[@]}"; do
+    case "$name" in
+      python) step "python venv" setup_python ;;
+      dapr) setup_dapr ;;
+      redis) step "redis" setup_redis ;;
+      zipkin) step "zipkin $ZIPKIN_VERSION" setup_zipkin ;;
+      config) step "dapr config" setup_config ;;
+      *) echo "setup: unknown step '$name'" >&2; exit 2 ;;
+    esac
+  done
+  echo "setup complete in $((SECONDS - started))s"
+}
+
+main "$@"

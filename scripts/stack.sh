@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# The local infrastructure `dapr init` would start in Docker, run as plain processes on loopback:
+#   redis      6379   state and pub/sub, AOF on, data in .run/data/redis
+#   placement  50005  actor placement (workflows run on actors)
+#   scheduler  50006  workflow timers and reminders, data in .run/data/scheduler
+#   zipkin     9411   traces
+# Usage: scripts/stack.sh up|down|status
+# Logs: .run/logs/<service>.log. `down` stops only the processes `up` started, by their pid files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=../versions.env
+source versions.env
+
+RUN_DIR="$PWD/.run"
+LOG_DIR="$RUN_DIR/logs"
+PID_DIR="$RUN_DIR/pids"
+DAPR_BIN="$HOME/.dapr/bin"
+ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+SERVICES=(redis placement scheduler zipkin)
+cmd=()
+
+port_of() {
+  case "$1" in
+    redis) echo 6379 ;;
+    placement) echo 50005 ;;
+    scheduler) echo 50006 ;;
+    zipkin) echo 9411 ;;
+  esac
+}
+
+# Health endpoints of placement and scheduler, moved off their default 8080 so apps can have it.
+health_port_of() {
+  case "$1" in
+    placement) echo 58080 ;;
+    scheduler) echo 58081 ;;
+  esac
+}
+
+# Sets the array `cmd` to the command line that runs service $1.
+command_of() {
+  case "$1" in
+    redis)
+      cmd=(redis-server --port 6379 --bind 127.0.0.1 --dir "$RUN_DIR/data/redis" \
+        --appendonly yes --appendfsync everysec --save "")
+      ;;
+    placement)
+      cmd=("$DAPR_BIN/placement" --listen-address 127.0.0.1 --port 50005
+        --healthz-port 58080 --metrics-port 59090 --log-level warn)
+      ;;
+    scheduler)
+      cmd=("$DAPR_BIN/scheduler" --listen-address 127.0.0.1 --port 50006
+        --healthz-port 58081 --metrics-port 59091 --log-level warn
+        --etcd-data-dir "$RUN_DIR/data/scheduler"
+        --etcd-client-listen-address 127.0.0.1
+        --override-broadcast-host-port 127.0.0.1:50006)
+      ;;
+    zipkin)
+      cmd=(java -Xms64m -Xmx512m -jar "$ZIPKIN_JAR"
+        "--armeria.ports[0].ip=127.0.0.1" "--armeria.ports[0].port=9411" "--armeria.ports[0].protocols[0]=http")
+      ;;
+  esac
+}
+
+missing_hint() {
+  echo "stack: $1 is not installed; run \`make setup\`" >&2
+  exit 1
+}
+
+check_installed() {
+  command -v redis-server >/dev/null || missing_hint redis-server
+  [ -x "$DAPR_BIN/placement" ] || missing_hint "$DAPR_BIN/placement"
+  [ -x "$DAPR_BIN/scheduler" ] || missing_hint "$DAPR_BIN/scheduler"
+  [ -f "$ZIPKIN_JAR" ] || missing_hint "the Zipkin jar"
+}
+
+is_listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+healthy() {
+  case "$1" in
+    redis) [ "$(redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
+    placement | scheduler) curl -fsS -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
+    zipkin) curl -fsS -o /dev/null http://127.0.0.1:9411/health ;;
+  esac
+}
+
+# The pid of a service `up` started and that is still that process; empty otherwise.
+running_pid() {
+  local pid_file="$PID_DIR/$1.pid" pid program
+  [ -f "$pid_file" ] || return 0
+  pid=$(cat "$pid_file")
+  kill -0 "$pid" 2>/dev/null || return 0
+  command_of "$1"
+  # A pid file can outlive its process and the pid be reused: check it still runs our program
+  # (a prefix, because redis-server rewrites its process title).
+  program=$(tr '\0' '\n' <"/proc/$pid/cmdline" | head -n 1)
+  if [[ "$program" == "${cmd[0]}"* ]]; then
+    echo "$pid"
+  fi
+}
+
+start() {
+  local name=$1 port started=$SECONDS pid p
+  port=$(port_of "$name")
+  if [ -n "$(running_pid "$name")" ]; then
+    echo "  $name: already running (pid $(running_pid "$name"), port $port)"
+    return
+  fi
+  for p in "$port" $(health_port_of "$name"); do
+    if is_listening "$p"; then
+      echo "stack: port $p, which $name needs, is already taken by another process." >&2
+      echo "       Stop it (\`ss -ltnp 'sport = :$p'\` shows which), then run \`make up\` again." >&2
+      exit 1
+    fi
+  done
+  mkdir -p "$LOG_DIR" "$PID_DIR" "$RUN_DIR/data/redis" "$RUN_DIR/data/scheduler"
+  command_of "$name"
+  nohup "${cmd[@]}" >"$LOG_DIR/$name.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$PID_DIR/$name.pid"
+  until healthy "$name"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$LOG_DIR/$name.log" >&2
+      echo "stack: $name exited while starting; log: $LOG_DIR/$name.log" >&2
+      exit 1
+    fi
+    if [ $((SECONDS - started)) -ge 120 ]; then
+      echo "stack: $name did not become healthy in 120s; log: $LOG_DIR/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "  $name: up on 127.0.0.1:$port (pid $pid, $((SECONDS - started))s)"
+}
+
+stop() {
+  local name=$1 pid
+  pid=$(running_pid "$name")
+  rm -f "$PID_DIR/$name.pid"
+  [ -n "$pid" ] || return 0
+  kill "$pid"
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || { echo "  $name: stopped (pid $pid)"; return; }
+    sleep 0.2
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  echo "  $name: killed after 10s (pid $pid)"
+}
+
+status() {
+  local name pid state=0
+  for name in "${SERVICES[@]}"; do
+    pid=$(running_pid "$name")
+    if [ -n "$pid" ] && healthy "$name"; then
+      echo "  $name: healthy on 127.0.0.1:$(port_of "$name") (pid $pid)"
+    elif [ -n "$pid" ]; then
+      echo "  $name: running but not answering (pid $pid, log $LOG_DIR/$name.log)"
+      state=1
+    else
+      echo "  $name: not running"
+      state=1
+    fi
+  done
+  return "$state"
+}
+
+case "${1:-}" in
+  up)
+    check_installed
+    echo "Starting the local stack (logs in $LOG_DIR):"
+    for name in "${SERVICES[@]}"; do start "$name"; done
+    ;;
+  down)
+    for name in zipkin scheduler placement redis; do stop "$name"; done
+    ;;
+  status) status ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
