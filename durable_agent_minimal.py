@@ -2,11 +2,10 @@ from dapr_agents import DurableAgent
 from dapr_agents.workflow.runners import AgentRunner
 
 runner = AgentRunner()
-agent = DurableAgent(name="Assistant")
+agent = DurableAgent(name="Assistant")  # prints the conversation as it goes
 try:
-    answer = runner.run_sync(agent, {"task": "Write a haiku about programming."})
+    output = runner.run_sync(agent, {"task": "Write a haiku about programming."})
 finally:
     runner.shutdown(agent)
-if answer is None:  # run_sync's signal that the workflow failed or timed out
+if output is None:  # run_sync's sign that the workflow failed or timed out
     raise SystemExit("The agent's workflow did not complete; its error is logged above.")
-print(answer)

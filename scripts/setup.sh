@@ -52,7 +52,7 @@ installed_runtime_version() {
 }
 
 installed_cli_version() {
-  "$DAPR_BIN/dapr" --version 2>/dev/null | sed -n 's/^CLI version: //p'
+  "$DAPR_BIN/dapr" --version 2>/dev/null | sed -n 's/^CLI version: \([^ ]*\).*/\1/p'
 }
 
 setup_python() {

@@ -45,11 +45,13 @@ command_of() {
       ;;
     placement)
       cmd=("$DAPR_BIN/placement" --listen-address 127.0.0.1 --port 50005
-        --healthz-port 58080 --metrics-port 59090 --log-level warn)
+        --healthz-listen-address 127.0.0.1 --healthz-port 58080
+        --metrics-listen-address 127.0.0.1 --metrics-port 59090 --log-level warn)
       ;;
     scheduler)
       cmd=("$DAPR_BIN/scheduler" --listen-address 127.0.0.1 --port 50006
-        --healthz-port 58081 --metrics-port 59091 --log-level warn
+        --healthz-listen-address 127.0.0.1 --healthz-port 58081
+        --metrics-listen-address 127.0.0.1 --metrics-port 59091 --log-level warn
         --etcd-data-dir "$RUN_DIR/data/scheduler"
         --etcd-client-listen-address 127.0.0.1
         --override-broadcast-host-port 127.0.0.1:50006)
@@ -80,8 +82,8 @@ is_listening() {
 healthy() {
   case "$1" in
     redis) [ "$(redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
-    placement | scheduler) curl -fsS -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
-    zipkin) curl -fsS -o /dev/null http://127.0.0.1:9411/health ;;
+    placement | scheduler) curl -fs -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
+    zipkin) curl -fs -o /dev/null http://127.0.0.1:9411/health ;;
   esac
 }
 

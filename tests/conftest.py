@@ -1,0 +1,253 @@
+"""Fixtures that own the processes a user story needs.
+
+The local stack (Redis, placement, scheduler, Zipkin) is started by `make test`; the fixtures
+check it answers, run the stand-in LLM, and run the README's `dapr run` commands, each in the
+background with its output in .run/test-logs, stopped by pid, its log attached to a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+import requests
+
+from tests.llm_server import HAIKU, LLMServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DAPR_BIN = Path.home() / ".dapr" / "bin"
+LOG_DIR = ROOT / ".run" / "test-logs"
+
+# The README's commands, word for word.
+ONE_SHOT = (
+    "dapr run --app-id durable-agent-minimal --resources-path ./resources"
+    " --dapr-listen-addresses 127.0.0.1 --log-level error -- python durable_agent_minimal.py"
+)
+SERVICE = (
+    "dapr run --app-id durable-agent-service --resources-path ./resources"
+    " --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn"
+    " -- python durable_agent_service.py"
+)
+SERVICE_URL = "http://localhost:8001"
+TASK = "Write a haiku about programming."
+FAKE_KEY = "sk-test-9f8e7d6c5b4a"
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def redis_cli(*args: str) -> str:
+    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _zipkin_healthy() -> bool:
+    try:
+        return requests.get("http://127.0.0.1:9411/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack() -> None:
+    """Fail at once, naming the fix, when what the stories run on is missing."""
+    for binary in ("daprd", "placement", "scheduler", "dapr"):
+        if not (DAPR_BIN / binary).exists():
+            pytest.fail(f"{DAPR_BIN / binary} is missing: run `make setup`", pytrace=False)
+    for what, ready in (
+        ("Redis on 6379", lambda: _port_open(6379)),
+        ("placement on 50005", lambda: _port_open(50005)),
+        ("scheduler on 50006", lambda: _port_open(50006)),
+        ("Zipkin on 9411", _zipkin_healthy),
+    ):
+        if not ready():
+            pytest.fail(f"{what} is not answering: run `make up` (or `make test`)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[LLMServer]:
+    server = LLMServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(llm_server: LLMServer) -> LLMServer:
+    """The stand-in LLM, answering at once with HAIKU and with no requests recorded yet."""
+    state = llm_server.state
+    with state.lock:
+        state.requests.clear()
+        state.faults.clear()
+        state.latency_s = 0.0
+        state.reply = HAIKU
+    return llm_server
+
+
+@pytest.fixture(scope="session")
+def dapr_env(llm_server: LLMServer) -> dict[str, str]:
+    """A user's shell after `make setup`, with the LLM pointed at the stand-in."""
+    env = dict(os.environ)
+    env.update(
+        OPENAI_API_KEY=FAKE_KEY,
+        OPENAI_BASE_URL=llm_server.base_url,
+        PATH=f"{ROOT / '.venv' / 'bin'}:{DAPR_BIN}:{env['PATH']}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class DaprRun:
+    """One `dapr run` command in the background, stopped by pid."""
+
+    started: ClassVar[list[DaprRun]] = []
+
+    def __init__(self, command: str, env: dict[str, str], name: str) -> None:
+        self.command = command
+        self.app_id = command.split("--app-id ")[1].split()[0]
+        self.log_path = LOG_DIR / f"{name}-{time.strftime('%H%M%S')}-{len(DaprRun.started)}.log"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                shlex.split(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.sidecar: dict[str, Any] = {}
+        DaprRun.started.append(self)
+
+    def log(self) -> str:
+        return strip_ansi(self.log_path.read_text(errors="replace"))
+
+    def _exited(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"`{self.command}` exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+
+    def wait_for_sidecar(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            self._exited()
+            self.sidecar = next((s for s in dapr_list() if s["appId"] == self.app_id), {})
+            try:
+                return bool(self.sidecar) and requests.get(self._sidecar_url("/v1.0/healthz"), timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, timeout, f"the sidecar of `{self.command}`")
+
+    def wait_until_ready(self, app_url: str, timeout: float = 60) -> None:
+        """Sidecar and app both answer, and the sidecar has the app's subscriptions."""
+        self.wait_for_sidecar(timeout)
+
+        def ready() -> bool:
+            self._exited()
+            try:
+                app_up = requests.get(f"{app_url}/openapi.json", timeout=2).ok
+                return app_up and bool(self.metadata().get("subscriptions"))
+            except requests.RequestException:
+                return False
+
+        wait_for(ready, timeout, f"the app of `{self.command}` and its subscriptions")
+
+    def _sidecar_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.sidecar['httpPort']}{path}"
+
+    def metadata(self) -> dict[str, Any]:
+        return requests.get(self._sidecar_url("/v1.0/metadata"), timeout=5).json()
+
+    def get_state(self, store: str, key: str) -> Any:
+        """A value through Dapr's state API, as an app would read it; None when absent."""
+        response = requests.get(self._sidecar_url(f"/v1.0/state/{store}/{key}"), timeout=5)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def stop(self) -> None:
+        """SIGTERM to the CLI, which stops daprd and the app; SIGKILL whatever is left after 20 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in (self.sidecar.get("daprdPid"), self.sidecar.get("appPid")):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def dapr_list() -> list[dict[str, Any]]:
+    out = subprocess.run([str(DAPR_BIN / "dapr"), "list", "-o", "json"], capture_output=True, text=True).stdout
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        return []  # "No Dapr instances found."
+
+
+@pytest.fixture(scope="session")
+def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
+    """The README's service command, running for the whole session."""
+    run = DaprRun(SERVICE, dapr_env, "service")
+    try:
+        run.wait_until_ready(SERVICE_URL)
+        yield run
+    finally:
+        run.stop()
+
+
+def post_run(task: Any) -> dict[str, str]:
+    """The README's curl: POST /run, expecting 200 with an instance id and a status URL."""
+    response = requests.post(f"{SERVICE_URL}/run", json={"task": task}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for_outcome(status_url: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll the status URL until the workflow has ended; return its last status."""
+
+    def ended() -> dict[str, Any] | None:
+        response = requests.get(f"{SERVICE_URL}{status_url}", timeout=5)
+        if response.status_code == 404:  # not scheduled yet
+            return None
+        status = response.json()
+        return status if status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None
+
+    return wait_for(ended, timeout, f"{status_url} to end")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failure, attach the tail of every `dapr run` log the test could have touched."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for run in DaprRun.started:
+            if run.log_path.exists():
+                report.sections.append((f"log of `{run.command}`", run.log()[-6000:]))

@@ -1,0 +1,187 @@
+"""The tests' stand-in for OpenAI: a real HTTP server speaking the Chat Completions protocol.
+
+Dapr's conversation.openai component reaches it exactly as it would reach OpenAI
+(POST {OPENAI_BASE_URL}/chat/completions with a bearer key). It records every request and
+can be told to answer slowly, fail with a status code, or hold an answer until released.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+HAIKU = "Tabs and spaces war,\nthe compiler keeps its peace:\nbuild green at midnight."
+
+
+@dataclass
+class ChatRequest:
+    """One request as the server received it."""
+
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def user_text(self) -> str:
+        """All user messages' text, joined: what the model was asked."""
+        parts = []
+        for message in self.body.get("messages", []):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                parts.append(str(content))
+        return "\n".join(parts)
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering at once: fail with `status`, or wait on `release`."""
+
+    status: int | None = None
+    release: threading.Event | None = None
+
+
+@dataclass
+class FakeOpenAI:
+    """Server state. Tests change `latency_s`, `reply` and `faults` between requests."""
+
+    latency_s: float = 0.0
+    reply: str = HAIKU
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[ChatRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(self, times: int, status: int) -> None:
+        with self.lock:
+            self.faults.extend(Fault(status=status) for _ in range(times))
+
+    def hold_next(self) -> threading.Event:
+        """The next request waits until the returned event is set (or the server stops)."""
+        release = threading.Event()
+        with self.lock:
+            self.faults.append(Fault(release=release))
+        return release
+
+    def chat_requests(self) -> list[ChatRequest]:
+        with self.lock:
+            return list(self.requests)
+
+
+def _structured_reply(body: dict[str, Any]) -> str | None:
+    """A JSON object for a request that asks for one with response_format, as a real model gives.
+
+    dapr-agents asks for a ConversationSummary ({"summary": string}) after every run.
+    """
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") != "json_schema":
+        return None
+    schema = response_format.get("json_schema", {}).get("schema", {})
+    asked = ChatRequest(headers={}, body=body).user_text
+    answer = {name: f"Summary of: {asked[:200]}" for name in schema.get("required", [])}
+    return json.dumps(answer)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *_: Any) -> None:  # keep test output readable
+        pass
+
+    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+
+    def do_POST(self) -> None:
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            return
+        length = int(self.headers.get("Content-Length", 0))
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as exc:
+            self._send_json(400, {"error": {"message": f"body is not JSON: {exc}", "type": "invalid_request_error"}})
+            return
+        state = self.server.state
+        with state.lock:
+            state.requests.append(ChatRequest(headers=dict(self.headers.items()), body=body))
+            fault = state.faults.pop(0) if state.faults else None
+        if not self.headers.get("Authorization", "").startswith("Bearer "):
+            self._send_json(401, {"error": {"message": "missing API key", "type": "invalid_request_error"}})
+            return
+        if fault and fault.release:
+            while not fault.release.wait(0.1) and not self.server.stopping.is_set():
+                pass
+        if fault and fault.status:
+            self._send_json(fault.status, {"error": {"message": f"injected {fault.status}", "type": "server_error"}})
+            return
+        time.sleep(state.latency_s)
+        content = _structured_reply(body) or state.reply
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        completion_tokens = len(content.split())
+        self._send_json(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, state: FakeOpenAI) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.state = state
+        self.stopping = threading.Event()
+
+
+class LLMServer:
+    """Runs a FakeOpenAI on 127.0.0.1:<port> in a background thread."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.state = FakeOpenAI()
+        self._server = _Server(port, self.state)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
+
+    def start(self) -> LLMServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,48 @@
+"""The one-shot: `dapr run ... python durable_agent_minimal.py` writes a haiku and exits."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import time
+
+from tests.conftest import ONE_SHOT, ROOT, TASK, strip_ansi
+from tests.llm_server import HAIKU, LLMServer
+
+
+def run_one_shot(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], str, float]:
+    started = time.monotonic()
+    result = subprocess.run(shlex.split(ONE_SHOT), cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return result, strip_ansi(result.stdout + result.stderr), time.monotonic() - started
+
+
+def test_the_one_shot_prints_the_models_haiku_and_exits_0(llm: LLMServer, dapr_env: dict[str, str]) -> None:
+    result, output, _ = run_one_shot(dapr_env)
+
+    assert result.returncode == 0, output
+    for line in HAIKU.splitlines():
+        assert f"== APP == {line}" in output
+    requests_ = llm.state.chat_requests()
+    task_requests = [r for r in requests_ if "response_format" not in r.body]
+    assert len(task_requests) == 1, [r.body for r in requests_]
+    assert task_requests[0].user_text == TASK
+    assert task_requests[0].headers["Authorization"] == f"Bearer {dapr_env['OPENAI_API_KEY']}"
+    # After each run dapr-agents asks the model for a JSON summary for its long-term memory.
+    summaries = [r for r in requests_ if r.body.get("response_format", {}).get("type") == "json_schema"]
+    assert len(summaries) == 1 and TASK in summaries[0].user_text
+    assert len(requests_) == 2
+
+
+def test_with_the_llm_unreachable_the_one_shot_exits_non_zero_saying_why(dapr_env: dict[str, str]) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+
+    result, output, elapsed = run_one_shot({**dapr_env, "OPENAI_BASE_URL": f"http://127.0.0.1:{closed_port}/v1"})
+
+    assert result.returncode != 0, output
+    assert "failed conversing with component llm-provider" in output
+    assert "failed to reach API server" in output
+    assert "The agent's workflow did not complete" in output
+    assert elapsed < 60, f"took {elapsed:.0f}s"

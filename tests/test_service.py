@@ -1,0 +1,84 @@
+"""The service: POST /run and `dapr publish` start durable runs; state lands in Redis."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import uuid
+
+import requests
+
+from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, post_run, redis_cli, wait_for, wait_for_outcome
+from tests.llm_server import HAIKU, LLMServer
+
+
+def test_post_run_returns_an_instance_whose_status_url_reaches_completed_with_the_answer(
+    service: DaprRun, llm: LLMServer
+) -> None:
+    started = post_run(TASK)
+
+    assert started["status_url"] == f"/agent/instances/{started['instance_id']}"
+    status = wait_for_outcome(started["status_url"])
+    assert status["runtime_status"] == "COMPLETED"
+    assert json.loads(status["serialized_input"]) == {"task": TASK}
+    assert json.loads(status["serialized_output"])["content"] == HAIKU
+
+
+def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
+    task = f"Write a haiku about message queues ({uuid.uuid4().hex[:8]})."
+    command = (
+        "dapr publish --publish-app-id durable-agent-service --pubsub agent-pubsub --topic assistant.topic"
+        f" --data '{json.dumps({'task': task})}'"
+    )
+
+    published = subprocess.run(shlex.split(command), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+
+    assert published.returncode == 0, published.stdout + published.stderr
+    assert "Event published successfully" in published.stdout
+    instance_id = wait_for(lambda: _instance_with_task(task), 30, "a workflow run for the published task")
+    status = wait_for_outcome(f"/agent/instances/{instance_id}")
+    assert status["runtime_status"] == "COMPLETED"
+    assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [task]
+
+
+def _instance_with_task(task: str) -> str | None:
+    for key in redis_cli("--scan", "--pattern", "durable-agent-service||assistant:_workflow_*").split():
+        if task in redis_cli("hget", key, "data"):
+            return key.rsplit("_workflow_", 1)[1]
+    return None
+
+
+def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redis(
+    service: DaprRun, llm: LLMServer
+) -> None:
+    instance_id = post_run(TASK)["instance_id"]
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+
+    entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
+    conversation = [(m["role"], m["content"]) for m in entry["messages"]]
+    assert conversation == [("user", TASK), ("assistant", HAIKU)]
+    memory = service.get_state("agent-workflow", f"assistant:_memory_{instance_id}")
+    assert [m["role"] for m in memory] == ["assistant"]
+    assert TASK in memory[0]["content"]  # the summary the model wrote for long-term memory
+    actor = "dapr.internal.default.durable-agent-service.workflow"
+    assert redis_cli("exists", f"durable-agent-service||{actor}||{instance_id}||metadata").strip() == "1"
+
+    assert "Assistant" in service.get_state("agent-registry", "agents:default:_index")["agents"]
+    assert service.get_state("agent-registry", "agents:default:Assistant")
+
+
+def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_serving(service: DaprRun, llm: LLMServer) -> None:
+    not_json = requests.post(
+        f"{SERVICE_URL}/run", data="task=haiku", headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert not_json.status_code == 422
+    assert "JSON decode error" in not_json.text
+
+    task_not_a_string = requests.post(f"{SERVICE_URL}/run", json={"task": 42}, timeout=10)
+    assert task_not_a_string.status_code == 422
+    assert "valid string" in task_not_a_string.text
+
+    assert wait_for_outcome(post_run(TASK)["status_url"])["runtime_status"] == "COMPLETED"
