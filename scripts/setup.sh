@@ -76,7 +76,7 @@ setup_python() {
 # refuses the version list that `go install` asks for.
 # Usage: go_build_pinned DIR GO_MOD_TEMPLATE|"" LDFLAGS "MODULE@VERSION ..." [go build args] PACKAGE...
 go_build_pinned() {
-  local dir=$1 go_mod=$2 ldflags=$3 requirement
+  local dir=$1 go_mod=${2:+$PWD/$2} ldflags=$3 requirement
   local -a requirements
   read -r -a requirements <<<"$4"
   shift 4
