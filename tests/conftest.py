@@ -132,9 +132,9 @@ class DaprRun:
 
     started: ClassVar[list[DaprRun]] = []
 
-    def __init__(self, command: str, env: dict[str, str], name: str) -> None:
+    def __init__(self, command: str, env: dict[str, str], name: str, app_id: str | None = None) -> None:
         self.command = command
-        self.app_id = command.split("--app-id ")[1].split()[0]
+        self.app_id = app_id or command.split("--app-id ")[1].split()[0]
         self.log_path = LOG_DIR / f"{name}-{time.strftime('%H%M%S')}-{len(DaprRun.started)}.log"
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log:
@@ -211,9 +211,9 @@ def dapr_list() -> list[dict[str, Any]]:
         return []  # "No Dapr instances found."
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
-    """The README's service command, running for the whole session."""
+    """The README's service command, running for a module's stories."""
     run = DaprRun(SERVICE, dapr_env, "service")
     try:
         run.wait_until_ready(SERVICE_URL)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from typing import Any
 
 import requests
 
-from tests.conftest import TASK, DaprRun, post_run, wait_for, wait_for_outcome
+from tests.conftest import ROOT, TASK, DaprRun, post_run, wait_for, wait_for_outcome
 from tests.llm_server import LLMServer
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
@@ -45,3 +47,16 @@ def test_metrics_on_9090_expose_runtime_and_workflow_metrics(service: DaprRun, l
     assert 'dapr_runtime_component_loaded{app_id="durable-agent-service"' in metrics
     assert "dapr_runtime_workflow_operation_count" in metrics
     assert 'dapr_runtime_workflow_execution_count{app_id="durable-agent-service"' in metrics
+
+
+def test_dapr_workflow_list_shows_the_completed_run(service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]) -> None:
+    instance_id = post_run(TASK)["instance_id"]
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+
+    command = "dapr workflow list -a durable-agent-service -c redis://127.0.0.1:6379"
+    listed = subprocess.run(shlex.split(command), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "AGE"]
+    row = next(line.split() for line in listed.stdout.splitlines() if instance_id in line)
+    assert row[:3] == ["dapr.agents.Assistant.workflow", instance_id, "COMPLETED"]

@@ -67,7 +67,13 @@ def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redi
     assert redis_cli("exists", f"durable-agent-service||{actor}||{instance_id}||metadata").strip() == "1"
 
     assert "Assistant" in service.get_state("agent-registry", "agents:default:_index")["agents"]
-    assert service.get_state("agent-registry", "agents:default:Assistant")
+    assert service.get_state("agent-registry", "agents:default:Assistant")["agent"]["appid"] == "durable-agent-service"
+
+    # The same, read the way the README shows it.
+    messages = json.loads(redis_cli("hget", f"durable-agent-service||assistant:_workflow_{instance_id}", "data"))
+    assert messages["messages"][-1]["content"] == HAIKU
+    registered = json.loads(redis_cli("hget", "durable-agent-service||agents:default:Assistant", "data"))
+    assert registered["agent"]["role"] == "Assistant"
 
 
 def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_serving(service: DaprRun, llm: LLMServer) -> None:

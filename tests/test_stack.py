@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import requests
 
@@ -47,3 +49,18 @@ def test_redis_keeps_an_append_only_file_and_zipkin_answers() -> None:
     assert redis_cli("ping").strip() == "PONG"
     assert redis_cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
     assert requests.get("http://127.0.0.1:9411/health", timeout=5).json()["status"] == "UP"
+
+
+def test_setup_installs_the_dapr_config_but_leaves_a_users_own_alone(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}
+    installed = tmp_path / ".dapr" / "config.yaml"
+
+    subprocess.run([str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True)
+    assert installed.read_text() == (ROOT / "config" / "dapr-config.yaml").read_text()
+
+    installed.write_text("# my own\n")
+    again = subprocess.run(
+        [str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True, text=True
+    )
+    assert installed.read_text() == "# my own\n"
+    assert "left alone" in again.stdout
