@@ -110,6 +110,7 @@ def llm(llm_server: LLMServer) -> LLMServer:
         state.requests.clear()
         state.faults.clear()
         state.latency_s = 0.0
+        state.down_until = 0.0
         state.reply = HAIKU
     return llm_server
 
@@ -240,6 +241,16 @@ def wait_for_outcome(status_url: str, timeout: float = 60) -> dict[str, Any]:
         return status if status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None
 
     return wait_for(ended, timeout, f"{status_url} to end")
+
+
+def answer_of(outcome: dict[str, Any]) -> str:
+    """The agent's final answer from a completed run's status."""
+    return json.loads(outcome["serialized_output"])["content"]
+
+
+def calls_for(llm: LLMServer, task: str) -> int:
+    """How many chat requests the LLM received for `task` (summaries not counted)."""
+    return sum(1 for r in llm.state.chat_requests() if r.user_text == task)
 
 
 @pytest.hookimpl(hookwrapper=True)

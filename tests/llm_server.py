@@ -8,6 +8,7 @@ can be told to answer slowly, fail with a status code, or hold an answer until r
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -52,6 +53,7 @@ class FakeOpenAI:
 
     latency_s: float = 0.0
     reply: str = HAIKU
+    down_until: float = 0.0  # time.monotonic() until which every connection is dropped unanswered
     faults: list[Fault] = field(default_factory=list)
     requests: list[ChatRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +68,10 @@ class FakeOpenAI:
         with self.lock:
             self.faults.append(Fault(release=release))
         return release
+
+    def go_down_for(self, seconds: float) -> None:
+        """Drop every connection unanswered for `seconds`, as a crashed or unreachable server would."""
+        self.down_until = time.monotonic() + seconds
 
     def chat_requests(self) -> list[ChatRequest]:
         with self.lock:
@@ -109,6 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            return
+        if time.monotonic() < self.server.state.down_until:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         length = int(self.headers.get("Content-Length", 0))
         try:

@@ -9,7 +9,7 @@ import uuid
 
 import requests
 
-from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, post_run, redis_cli, wait_for, wait_for_outcome
+from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, answer_of, post_run, redis_cli, wait_for, wait_for_outcome
 from tests.llm_server import HAIKU, LLMServer
 
 
@@ -22,7 +22,7 @@ def test_post_run_returns_an_instance_whose_status_url_reaches_completed_with_th
     status = wait_for_outcome(started["status_url"])
     assert status["runtime_status"] == "COMPLETED"
     assert json.loads(status["serialized_input"]) == {"task": TASK}
-    assert json.loads(status["serialized_output"])["content"] == HAIKU
+    assert answer_of(status) == HAIKU
 
 
 def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(

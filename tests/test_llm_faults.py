@@ -1,0 +1,57 @@
+"""The LLM misbehaves; resources/resiliency.yaml and the workflow's retries absorb it, or fail clearly."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import DaprRun, answer_of, calls_for, post_run, wait_for_outcome
+from tests.llm_server import HAIKU, LLMServer
+
+
+def unique_task() -> str:
+    return f"Write a haiku about retries ({uuid.uuid4().hex[:8]})."
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_llm_errors_that_clear_are_retried_and_the_run_completes_with_one_answer(
+    service: DaprRun, llm: LLMServer, status: int
+) -> None:
+    llm.state.fail_next(2, status)
+    task = unique_task()
+
+    run = post_run(task)
+
+    outcome = wait_for_outcome(run["status_url"])
+    assert outcome["runtime_status"] == "COMPLETED"
+    assert calls_for(llm, task) == 3  # two refused, one answered
+    entry = service.get_state("agent-workflow", f"assistant:_workflow_{run['instance_id']}")
+    assert [(m["role"], m["content"]) for m in entry["messages"]] == [("user", task), ("assistant", HAIKU)]
+
+
+def test_the_run_completes_after_the_llm_was_down_for_30_seconds(service: DaprRun, llm: LLMServer) -> None:
+    llm.state.go_down_for(30)
+    task = unique_task()
+
+    outcome = wait_for_outcome(post_run(task)["status_url"], timeout=120)
+
+    assert outcome["runtime_status"] == "COMPLETED"
+    assert time.monotonic() >= llm.state.down_until
+    assert answer_of(outcome) == HAIKU
+
+
+def test_a_permanently_failing_llm_ends_the_run_as_failed_with_the_reason(service: DaprRun, llm: LLMServer) -> None:
+    llm.state.fail_next(1000, 500)
+    task = unique_task()
+    started = time.monotonic()
+
+    outcome = wait_for_outcome(post_run(task)["status_url"], timeout=180)
+
+    assert outcome["runtime_status"] == "FAILED"
+    assert "API returned unexpected status code: 500" in outcome["failure_details"]["message"]
+    assert time.monotonic() - started < 150
+    calls = calls_for(llm, task)
+    time.sleep(10)
+    assert calls_for(llm, task) == calls, "the LLM was still being called after the run failed"
