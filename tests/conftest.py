@@ -243,9 +243,29 @@ def wait_for_outcome(status_url: str, timeout: float = 60) -> dict[str, Any]:
     return wait_for(ended, timeout, f"{status_url} to end")
 
 
+def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-service") -> subprocess.CompletedProcess[str]:
+    """The README's `dapr publish` of a task to assistant.topic, through the sidecar of `via_app`."""
+    command = (
+        f"dapr publish --publish-app-id {via_app} --pubsub agent-pubsub --topic assistant.topic"
+        f" --data '{json.dumps({'task': task})}'"
+    )
+    return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True)
+
+
 def answer_of(outcome: dict[str, Any]) -> str:
     """The agent's final answer from a completed run's status."""
     return json.loads(outcome["serialized_output"])["content"]
+
+
+def instance_with_task(task: str) -> str | None:
+    """The id of the service's run whose task is `task`, found in its Redis state; None if none yet."""
+    instances = [
+        key.rsplit("_workflow_", 1)[1]
+        for key in redis_cli("--scan", "--pattern", "durable-agent-service||assistant:_workflow_*").split()
+        if task in redis_cli("hget", key, "data")
+    ]
+    assert len(instances) <= 1, f"the task ran {len(instances)} times: {instances}"
+    return instances[0] if instances else None
 
 
 def calls_for(llm: LLMServer, task: str) -> int:

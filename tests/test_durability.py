@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import SERVICE, SERVICE_URL, DaprRun, answer_of, calls_for, post_run, wait_for, wait_for_outcome
+from tests.conftest import (
+    ROOT,
+    SERVICE,
+    SERVICE_URL,
+    DaprRun,
+    answer_of,
+    calls_for,
+    instance_with_task,
+    post_run,
+    publish,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import HAIKU, LLMServer
 
 
@@ -52,3 +68,53 @@ def test_a_run_survives_kill_9_mid_llm_call_and_completes_exactly_once(
     assert len(summaries) == 1
     entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
     assert [(m["role"], m["content"]) for m in entry["messages"]] == [("user", task), ("assistant", HAIKU)]
+
+
+def test_a_redis_restart_mid_run_loses_no_workflow_memory_or_registry_entry(
+    llm: LLMServer, start_service: Callable[[], DaprRun]
+) -> None:
+    service = start_service()
+    assert wait_for_outcome(post_run("Write a haiku before a restart.")["status_url"])["runtime_status"] == "COMPLETED"
+    keys_before = set(redis_cli("--scan").split())
+    task = f"Write a haiku about restarts ({uuid.uuid4().hex[:8]})."
+    release = llm.state.hold_next()
+    instance_id = post_run(task)["instance_id"]
+    wait_for(lambda: calls_for(llm, task) == 1, 30, "the run's LLM call")
+
+    redis_pid = int((ROOT / ".run" / "pids" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 30, "Redis to stop")
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+    release.set()
+
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=120)
+    assert outcome["runtime_status"] == "COMPLETED"
+    assert answer_of(outcome) == HAIKU
+    assert keys_before <= set(redis_cli("--scan").split())
+    entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
+    assert [(m["role"], m["content"]) for m in entry["messages"]] == [("user", task), ("assistant", HAIKU)]
+    assert service.get_state("agent-workflow", f"assistant:_memory_{instance_id}")
+    assert "Assistant" in service.get_state("agent-registry", "agents:default:_index")["agents"]
+
+
+def test_a_message_published_while_the_agent_is_down_runs_once_when_it_is_back(
+    llm: LLMServer, start_service: Callable[[], DaprRun], dapr_env: dict[str, str]
+) -> None:
+    start_service().stop()  # the agent's subscription exists, and the agent is down
+    task = f"Write a haiku about mailboxes ({uuid.uuid4().hex[:8]})."
+    sidecar_only = "dapr run --app-id publisher --resources-path ./resources --dapr-listen-addresses 127.0.0.1"
+    publisher = DaprRun(sidecar_only, dapr_env, "publisher")
+    try:
+        publisher.wait_for_sidecar()
+        published = publish(task, dapr_env, via_app="publisher")
+        assert "Event published successfully" in published.stdout, published.stdout + published.stderr
+    finally:
+        publisher.stop()
+
+    start_service()
+
+    instance_id = wait_for(lambda: instance_with_task(task), 60, "the published task to run")
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    time.sleep(5)  # room for a duplicate delivery to show up
+    assert instance_with_task(task) == instance_id
+    assert calls_for(llm, task) == 1

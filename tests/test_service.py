@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 import uuid
 
 import requests
 
-from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, answer_of, post_run, redis_cli, wait_for, wait_for_outcome
+from tests.conftest import (
+    SERVICE_URL,
+    TASK,
+    DaprRun,
+    answer_of,
+    instance_with_task,
+    post_run,
+    publish,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import HAIKU, LLMServer
 
 
@@ -29,26 +38,14 @@ def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
     task = f"Write a haiku about message queues ({uuid.uuid4().hex[:8]})."
-    command = (
-        "dapr publish --publish-app-id durable-agent-service --pubsub agent-pubsub --topic assistant.topic"
-        f" --data '{json.dumps({'task': task})}'"
-    )
-
-    published = subprocess.run(shlex.split(command), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+    published = publish(task, dapr_env)
 
     assert published.returncode == 0, published.stdout + published.stderr
     assert "Event published successfully" in published.stdout
-    instance_id = wait_for(lambda: _instance_with_task(task), 30, "a workflow run for the published task")
+    instance_id = wait_for(lambda: instance_with_task(task), 30, "a workflow run for the published task")
     status = wait_for_outcome(f"/agent/instances/{instance_id}")
     assert status["runtime_status"] == "COMPLETED"
     assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [task]
-
-
-def _instance_with_task(task: str) -> str | None:
-    for key in redis_cli("--scan", "--pattern", "durable-agent-service||assistant:_workflow_*").split():
-        if task in redis_cli("hget", key, "data"):
-            return key.rsplit("_workflow_", 1)[1]
-    return None
 
 
 def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redis(
