@@ -143,6 +143,8 @@ class DaprRun:
                 shlex.split(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.sidecar: dict[str, Any] = {}
+        # Set when the sidecar requires its API token (DAPR_API_TOKEN in its environment).
+        self.auth = {"dapr-api-token": env["DAPR_API_TOKEN"]} if "DAPR_API_TOKEN" in env else {}
         DaprRun.started.append(self)
 
     def log(self) -> str:
@@ -157,7 +159,7 @@ class DaprRun:
             self._exited()
             self.sidecar = next((s for s in dapr_list() if s["appId"] == self.app_id), {})
             try:
-                return bool(self.sidecar) and requests.get(self._sidecar_url("/v1.0/healthz"), timeout=2).ok
+                return bool(self.sidecar) and requests.get(self.sidecar_url("/v1.0/healthz"), timeout=2).ok
             except requests.RequestException:
                 return False
 
@@ -177,15 +179,15 @@ class DaprRun:
 
         wait_for(ready, timeout, f"the app of `{self.command}` and its subscriptions")
 
-    def _sidecar_url(self, path: str) -> str:
+    def sidecar_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.sidecar['httpPort']}{path}"
 
     def metadata(self) -> dict[str, Any]:
-        return requests.get(self._sidecar_url("/v1.0/metadata"), timeout=5).json()
+        return requests.get(self.sidecar_url("/v1.0/metadata"), headers=self.auth, timeout=5).json()
 
     def get_state(self, store: str, key: str) -> Any:
         """A value through Dapr's state API, as an app would read it; None when absent."""
-        response = requests.get(self._sidecar_url(f"/v1.0/state/{store}/{key}"), timeout=5)
+        response = requests.get(self.sidecar_url(f"/v1.0/state/{store}/{key}"), headers=self.auth, timeout=5)
         response.raise_for_status()
         return response.json() if response.content else None
 

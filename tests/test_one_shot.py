@@ -45,4 +45,5 @@ def test_with_the_llm_unreachable_the_one_shot_exits_non_zero_saying_why(dapr_en
     assert "failed conversing with component llm-provider" in output
     assert "failed to reach API server" in output
     assert "The agent's workflow did not complete" in output
-    assert elapsed < 60, f"took {elapsed:.0f}s"
+    # resources/resiliency.yaml retries the LLM for about 90 s in all before a run fails: bounded, no hang.
+    assert elapsed < 150, f"took {elapsed:.0f}s"
