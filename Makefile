@@ -23,11 +23,11 @@ down: ## Stop what `make up` started
 status: ## Show whether each local service answers
 	@scripts/stack.sh status
 
-run: setup up ## The one-shot: the agent writes a haiku through a durable workflow
-	dapr run --app-id durable-agent-minimal --resources-path ./resources --log-level error -- python durable_agent_minimal.py
+run: setup up ## The one-shot: the agent writes a haiku through a durable workflow (no key: echo)
+	@scripts/run-one-shot.sh
 
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
-	dapr run --app-id durable-agent-service --resources-path ./resources -p 8001 --log-level warn -- python durable_agent_service.py
+	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- python durable_agent_service.py
 
 test: setup ## Everything on the real stack: up, pytest, down (down also when tests fail)
 	@scripts/stack.sh up

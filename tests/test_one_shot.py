@@ -47,3 +47,16 @@ def test_with_the_llm_unreachable_the_one_shot_exits_non_zero_saying_why(dapr_en
     assert "The agent's workflow did not complete" in output
     # resources/resiliency.yaml retries the LLM for about 90 s in all before a run fails: bounded, no hang.
     assert elapsed < 150, f"took {elapsed:.0f}s"
+
+
+def test_make_run_without_a_key_runs_on_the_echo_component_and_says_so(dapr_env: dict[str, str]) -> None:
+    env = {k: v for k, v in dapr_env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+
+    result = subprocess.run(["make", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    output = strip_ansi(result.stdout + result.stderr)
+    assert result.returncode == 0, output
+    assert output.count("No OPENAI_API_KEY: this run uses Dapr's conversation.echo component") == 2
+    answer = output.split("Assistant(assistant):", 1)[1]
+    assert "Your name is Assistant." in answer and TASK in answer  # the prompt, echoed by Dapr
+    assert "http://localhost:9411/zipkin/?serviceName=durable-agent-minimal" in output

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make run`: the README's one-shot command. With no OPENAI_API_KEY it still runs end to end, on
+# Dapr's conversation.echo component instead of a model, and says so before and after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+resources=./resources
+if [ -z "${OPENAI_API_KEY:-}" ]; then
+  resources=.run/echo-resources
+  rm -rf "$resources" && mkdir -p "$resources"
+  cp resources/*.yaml "$resources/"
+  cp config/llm-provider-echo.yaml "$resources/llm-provider.yaml"
+fi
+
+no_key_notice() {
+  [ -z "${OPENAI_API_KEY:-}" ] || return 0
+  cat <<'NOTICE'
+--------------------------------------------------------------------------------
+No OPENAI_API_KEY: this run uses Dapr's conversation.echo component, which answers
+with the prompt it was sent. Everything else (workflow, state, tracing) is real.
+Echo cannot write the JSON summary the agent asks for after each run, so a
+"summarize failed" traceback is expected here.
+For a real haiku:   export OPENAI_API_KEY=sk-...        then `make run` again
+or any OpenAI-compatible server (Ollama, vLLM, LM Studio):
+  export OPENAI_API_KEY=unused OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.2
+--------------------------------------------------------------------------------
+NOTICE
+}
+
+no_key_notice
+status=0
+dapr run --app-id durable-agent-minimal --resources-path "$resources" --dapr-listen-addresses 127.0.0.1 \
+  --log-level error -- python durable_agent_minimal.py || status=$?
+no_key_notice
+echo "The run's trace: http://localhost:9411/zipkin/?serviceName=durable-agent-minimal"
+exit "$status"
