@@ -227,22 +227,22 @@ def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
 
 def post_run(task: Any) -> dict[str, str]:
     """The README's curl: POST /run, expecting 200 with an instance id and a status URL."""
-    response = requests.post(f"{SERVICE_URL}/run", json={"task": task}, timeout=10)
+    response = requests.post(f"{SERVICE_URL}/run", json={"task": task}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def wait_for_outcome(status_url: str, timeout: float = 60) -> dict[str, Any]:
+def wait_for_outcome(status_url: str, timeout: float = 60, interval: float = 0.2) -> dict[str, Any]:
     """Poll the status URL until the workflow has ended; return its last status."""
 
     def ended() -> dict[str, Any] | None:
-        response = requests.get(f"{SERVICE_URL}{status_url}", timeout=5)
+        response = requests.get(f"{SERVICE_URL}{status_url}", timeout=60)
         if response.status_code == 404:  # not scheduled yet
             return None
         status = response.json()
         return status if status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None
 
-    return wait_for(ended, timeout, f"{status_url} to end")
+    return wait_for(ended, timeout, f"{status_url} to end", interval)
 
 
 def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-service") -> subprocess.CompletedProcess[str]:
