@@ -29,7 +29,7 @@ run: setup up ## The one-shot: the agent writes a haiku through a durable workfl
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
 	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- python durable_agent_service.py
 
-test: setup ## Everything on the real stack: up, pytest, down (down also when tests fail)
+test: setup lint ## Lint, then everything on the real stack: up, pytest, down (down also on failure)
 	@scripts/stack.sh up
 	@status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; scripts/stack.sh down; exit $$status
 

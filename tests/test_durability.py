@@ -113,7 +113,7 @@ def test_a_message_published_while_the_agent_is_down_runs_once_when_it_is_back(
 
     start_service()
 
-    instance_id = wait_for(lambda: instance_with_task(task), 60, "the published task to run")
+    instance_id = wait_for(lambda: instance_with_task(task), 120, "the published task to run")  # see test_service
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
     time.sleep(5)  # room for a duplicate delivery to show up
     assert instance_with_task(task) == instance_id

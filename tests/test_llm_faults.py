@@ -31,6 +31,22 @@ def test_llm_errors_that_clear_are_retried_and_the_run_completes_with_one_answer
     assert [(m["role"], m["content"]) for m in entry["messages"]] == [("user", task), ("assistant", HAIKU)]
 
 
+def test_a_hanging_llm_call_is_timed_out_after_60_seconds_and_retried(service: DaprRun, llm: LLMServer) -> None:
+    never_answered = llm.state.hold_next()
+    task = unique_task()
+    try:
+        started = time.monotonic()
+
+        outcome = wait_for_outcome(post_run(task)["status_url"], timeout=150)
+
+        assert outcome["runtime_status"] == "COMPLETED"
+        assert answer_of(outcome) == HAIKU
+        assert calls_for(llm, task) == 2  # the hung call, then its retry
+        assert 60 <= time.monotonic() - started < 120  # resources/resiliency.yaml: llm timeout 60s
+    finally:
+        never_answered.set()
+
+
 def test_the_run_completes_after_the_llm_was_down_for_30_seconds(service: DaprRun, llm: LLMServer) -> None:
     llm.state.go_down_for(30)
     task = unique_task()

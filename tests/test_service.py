@@ -42,7 +42,9 @@ def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(
 
     assert published.returncode == 0, published.stdout + published.stderr
     assert "Event published successfully" in published.stdout
-    instance_id = wait_for(lambda: instance_with_task(task), 30, "a workflow run for the published task")
+    # 120 s: right after start-up a subscription stream can drop and reconnect; a message it took
+    # is redelivered once unacknowledged for processingTimeout (60 s), checked every 15 s.
+    instance_id = wait_for(lambda: instance_with_task(task), 120, "a workflow run for the published task")
     status = wait_for_outcome(f"/agent/instances/{instance_id}")
     assert status["runtime_status"] == "COMPLETED"
     assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [task]
