@@ -29,16 +29,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DAPR_BIN = Path.home() / ".dapr" / "bin"
 LOG_DIR = ROOT / ".run" / "test-logs"
 
-# The README's commands, word for word.
-ONE_SHOT = (
-    "dapr run --app-id durable-agent-minimal --resources-path ./resources"
-    " --dapr-listen-addresses 127.0.0.1 --log-level error -- python durable_agent_minimal.py"
-)
-SERVICE = (
-    "dapr run --app-id durable-agent-service --resources-path ./resources"
-    " --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn"
-    " -- python durable_agent_service.py"
-)
+
+def readme_commands() -> list[str]:
+    """Every command in the README's ```bash blocks: what a reader would type, in order."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    lines = (line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def readme_command(prefix: str, containing: str = "") -> str:
+    """The one README command that starts with `prefix` (and contains `containing`)."""
+    matches = [c for c in readme_commands() if c.startswith(prefix) and containing in c]
+    assert len(matches) == 1, f"expected one README command starting {prefix!r}, found {matches}"
+    return matches[0]
+
+
+# The stories run the README's own commands, so a README that drifts fails the tests.
+ONE_SHOT = readme_command("dapr run --app-id durable-agent-minimal")
+SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--log-level warn -- python")
 SERVICE_URL = "http://localhost:8001"
 TASK = "Write a haiku about programming."
 FAKE_KEY = "sk-test-9f8e7d6c5b4a"
@@ -246,10 +254,11 @@ def wait_for_outcome(status_url: str, timeout: float = 60, interval: float = 0.2
 
 
 def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-service") -> subprocess.CompletedProcess[str]:
-    """The README's `dapr publish` of a task to assistant.topic, through the sidecar of `via_app`."""
+    """The README's `dapr publish`, with `task` as the data, through the sidecar of `via_app`."""
     command = (
-        f"dapr publish --publish-app-id {via_app} --pubsub agent-pubsub --topic assistant.topic"
-        f" --data '{json.dumps({'task': task})}'"
+        readme_command("dapr publish")
+        .replace('{"task": "Write a haiku about programming."}', json.dumps({"task": task}))
+        .replace("--publish-app-id durable-agent-service", f"--publish-app-id {via_app}")
     )
     return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True)
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, SERVICE, SERVICE_URL, TASK, DaprRun, answer_of, wait_for_outcome
+from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, answer_of, readme_command, wait_for_outcome
 from tests.llm_server import HAIKU, LLMServer
 
 TOKEN = "test-api-token-5d41402abc4b"
-# The README's "In production" command: the service with a known sidecar HTTP port.
-GUARDED_SERVICE = SERVICE.replace(" -- python", " --dapr-http-port 3500 -- python")
+# The README's "In production" commands: the service with a known sidecar port, and a call through it.
+GUARDED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--dapr-http-port 3500")
+INVOKE = readme_command("curl -X POST http://localhost:3500/v1.0/invoke/")
 
 
 @pytest.fixture
@@ -43,14 +45,14 @@ def test_the_sidecar_http_and_grpc_apis_refuse_calls_without_the_token(guarded_s
 
 
 def test_run_through_the_sidecar_needs_the_token_and_completes(guarded_service: DaprRun, llm: LLMServer) -> None:
-    invoke = "http://localhost:3500/v1.0/invoke/durable-agent-service/method/run"
-    body = json.dumps({"task": TASK})
-    headers = {"Content-Type": "application/json"}
+    invoke_url = "http://localhost:3500/v1.0/invoke/durable-agent-service/method/run"
+    assert requests.post(invoke_url, json={"task": TASK}, timeout=10).status_code == 401
 
-    assert requests.post(invoke, data=body, headers=headers, timeout=10).status_code == 401
-    started = requests.post(invoke, data=body, headers={**headers, "dapr-api-token": TOKEN}, timeout=10)
+    # The README's curl, in a shell where DAPR_API_TOKEN is exported as the README says.
+    started = subprocess.run(
+        ["bash", "-c", INVOKE], env={**os.environ, "DAPR_API_TOKEN": TOKEN}, capture_output=True, text=True
+    )
 
-    assert started.status_code == 200, started.text
-    outcome = wait_for_outcome(started.json()["status_url"])
+    outcome = wait_for_outcome(json.loads(started.stdout)["status_url"])
     assert outcome["runtime_status"] == "COMPLETED"
     assert answer_of(outcome) == HAIKU

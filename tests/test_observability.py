@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import ROOT, TASK, DaprRun, post_run, wait_for, wait_for_outcome
+from tests.conftest import ROOT, TASK, DaprRun, post_run, readme_command, wait_for, wait_for_outcome
 from tests.llm_server import LLMServer
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
@@ -53,8 +53,9 @@ def test_dapr_workflow_list_shows_the_completed_run(service: DaprRun, llm: LLMSe
     instance_id = post_run(TASK)["instance_id"]
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
 
-    command = "dapr workflow list -a durable-agent-service -c redis://127.0.0.1:6379"
-    listed = subprocess.run(shlex.split(command), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+    listed = subprocess.run(
+        shlex.split(readme_command("dapr workflow list")), cwd=ROOT, env=dapr_env, capture_output=True, text=True
+    )
 
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "AGE"]

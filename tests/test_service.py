@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 import uuid
 
 import requests
@@ -12,9 +15,11 @@ from tests.conftest import (
     TASK,
     DaprRun,
     answer_of,
+    calls_for,
     instance_with_task,
     post_run,
     publish,
+    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
@@ -22,14 +27,22 @@ from tests.conftest import (
 from tests.llm_server import HAIKU, LLMServer
 
 
-def test_post_run_returns_an_instance_whose_status_url_reaches_completed_with_the_answer(
+def test_the_readmes_curl_starts_a_run_whose_status_url_reaches_completed_with_the_answer(
     service: DaprRun, llm: LLMServer
 ) -> None:
-    started = post_run(TASK)
+    started = subprocess.run(shlex.split(readme_command("curl -i -X POST")), capture_output=True, text=True)
 
-    assert started["status_url"] == f"/agent/instances/{started['instance_id']}"
-    status = wait_for_outcome(started["status_url"])
-    assert status["runtime_status"] == "COMPLETED"
+    head, body = started.stdout.split("\n\n", 1)
+    assert head.startswith("HTTP/1.1 200 OK"), started.stdout
+    run = json.loads(body)
+    assert run["status_url"] == f"/agent/instances/{run['instance_id']}"
+    status_curl = re.sub(r"/agent/instances/\w+", run["status_url"], readme_command("curl http://localhost:8001/agent"))
+
+    def completed() -> dict[str, str] | None:
+        status = json.loads(subprocess.run(shlex.split(status_curl), capture_output=True, text=True).stdout)
+        return status if status["runtime_status"] == "COMPLETED" else None
+
+    status = wait_for(completed, 60, "the README's status curl to show COMPLETED")
     assert json.loads(status["serialized_input"]) == {"task": TASK}
     assert answer_of(status) == HAIKU
 
@@ -47,7 +60,7 @@ def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(
     instance_id = wait_for(lambda: instance_with_task(task), 120, "a workflow run for the published task")
     status = wait_for_outcome(f"/agent/instances/{instance_id}")
     assert status["runtime_status"] == "COMPLETED"
-    assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [task]
+    assert calls_for(llm, task) == 1
 
 
 def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redis(
