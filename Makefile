@@ -33,5 +33,8 @@ test: setup lint ## Lint, then everything on the real stack: up, pytest, down (d
 	@scripts/stack.sh up
 	@status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; scripts/stack.sh down; exit $$status
 
+bench: setup up ## Measure what durability costs: writes bench/RESULTS.md and bench/latency.png
+	$(VENV)/bin/python bench/bench.py
+
 lint: ## ruff on the Python code
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -25,6 +25,7 @@ class ChatRequest:
 
     headers: dict[str, str]
     body: dict[str, Any]
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def user_text(self) -> str:

@@ -1,0 +1,29 @@
+"""`make bench` cannot rot: a smoke run of it writes the results table and the plot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[str, str], tmp_path: Path) -> None:
+    bench = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "bench/bench.py", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=dapr_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert re.search(r"\| 0 ms \| [\d.]+ \| \d+ / \d+ / \d+ \| -?\d+ \| [\d.]+x \|", results), results
+    assert re.search(r"\| 0 ms \| 8 \| [\d.]+ \|", results)
+    assert re.search(r"\| first LLM request \| [\d.]+ ", results)
+    assert re.search(r"Peak RSS after the load above: agent \(python\) \d+ MB, daprd \d+ MB", results)
+    plot = (tmp_path / "latency.png").read_bytes()
+    assert plot.startswith(b"\x89PNG") and len(plot) > 20_000
