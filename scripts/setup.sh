@@ -29,12 +29,13 @@ with_heartbeat() {
   local what=$1 log=$2 started=$SECONDS
   shift 2
   "$@" >"$log" 2>&1 &
-  local pid=$!
+  local pid=$! next_report=30
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 30 &
-    wait $! || true
-    kill -0 "$pid" 2>/dev/null || break
-    echo "    $what: $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s, $(wc -l <"$log") log lines ($log)"
+    sleep 1
+    if [ $((SECONDS - started)) -ge "$next_report" ]; then
+      echo "    $what: $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s, $(wc -l <"$log") log lines ($log)"
+      next_report=$((next_report + 30))
+    fi
   done
   if ! wait "$pid"; then
     tail -n 30 "$log" >&2
