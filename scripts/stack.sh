@@ -105,8 +105,9 @@ running_pid() {
 start() {
   local name=$1 port started=$SECONDS pid p
   port=$(port_of "$name")
-  if [ -n "$(running_pid "$name")" ]; then
-    echo "  $name: already running (pid $(running_pid "$name"), port $port)"
+  pid=$(running_pid "$name")
+  if [ -n "$pid" ]; then
+    echo "  $name: already running (pid $pid, port $port)"
     return
   fi
   for p in "$port" $(health_port_of "$name"); do

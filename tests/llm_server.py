@@ -107,12 +107,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
-            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-        else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
-
     def do_POST(self) -> None:
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
