@@ -1,0 +1,135 @@
+"""Bad input at POST /run: a clear 4xx, nothing else lost, and the service keeps serving."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from task_guard import MAX_BODY_BYTES, MAX_TASK_BYTES
+from tests.conftest import SERVICE_URL, TASK, DaprRun, answer_of, calls_for, post_run, wait_for_outcome
+from tests.llm_server import HAIKU, LLMServer
+
+JSON = {"Content-Type": "application/json"}
+
+
+def post(body: bytes | str, headers: dict[str, str] | None = None) -> requests.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return requests.post(f"{SERVICE_URL}/run", data=data, headers=JSON if headers is None else headers, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "detail"),
+    [
+        ("task=haiku", None, 400, "not JSON"),
+        (b"\xff\xfe{}", None, 400, "not JSON"),
+        ('["Write a haiku."]', None, 422, "must be a JSON object"),
+        ("{}", None, 422, '"task" is required'),
+        ('{"prompt": "Write a haiku."}', None, 422, '"task" is required'),
+        ('{"task": 42}', None, 422, "must be a string"),
+        ('{"task": null}', None, 422, "must be a string"),
+        ('{"task": ""}', None, 422, '"task" is empty'),
+        ('{"task": " \\n\\t "}', None, 422, '"task" is empty'),
+        ('{"task": "haiku\\u0000"}', None, 422, "control characters"),
+        ('{"task": "\\u001b[31mred"}', None, 422, "control characters"),
+        ('{"task": "\\ud800"}', None, 422, "surrogate"),
+        (json.dumps({"task": "x" * MAX_TASK_BYTES + "🐍"}), None, 413, f"longer than {MAX_TASK_BYTES} bytes"),
+        (json.dumps({"task": "x" * 1024 * 1024}), None, 413, "larger than"),
+        (b" " * (10 * 1024 * 1024), None, 413, f"larger than {MAX_BODY_BYTES} bytes"),
+        (json.dumps({"task": TASK}), {"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
+        (json.dumps({"task": TASK}), {}, 415, "Content-Type: application/json"),
+    ],
+    ids=[
+        "form-encoded",
+        "not-utf8",
+        "json-array",
+        "no-task",
+        "other-key",
+        "task-number",
+        "task-null",
+        "empty-task",
+        "blank-task",
+        "nul",
+        "escape-sequence",
+        "lone-surrogate",
+        "just-over-the-limit",
+        "1MB-task",
+        "10MB-body",
+        "text-plain",
+        "no-content-type",
+    ],
+)
+def test_a_body_the_agent_cannot_run_gets_a_clear_4xx(
+    service: DaprRun, llm: LLMServer, body: bytes | str, headers: dict[str, str] | None, status: int, detail: str
+) -> None:
+    response = post(body, headers)
+
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    assert llm.state.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "Écris un haïku sur la programmation 🐍✨",
+        "اكتب قصيدة هايكو عن البرمجة",  # right-to-left
+        "שורה ראשונה\nשורה שנייה\tעם טאב",  # noqa: RUF001
+        "\u202ereversed\u202c zero\u200bwidth \ufdfd",  # bidi override, zero-width space
+        "x" * (MAX_TASK_BYTES - 4000) + "🐍" * 1000,  # exactly the limit: the snake is 4 bytes of UTF-8
+    ],
+    ids=["emoji", "arabic", "hebrew-newline-tab", "bidi-controls", "at-the-limit"],
+)
+def test_odd_but_valid_text_runs_normally_and_arrives_unchanged(service: DaprRun, llm: LLMServer, task: str) -> None:
+    outcome = wait_for_outcome(post_run(task)["status_url"])
+
+    assert outcome["runtime_status"] == "COMPLETED"
+    assert json.loads(outcome["serialized_input"]) == {"task": task}
+    assert answer_of(outcome) == HAIKU
+    assert calls_for(llm, task) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200).map(str.encode),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"task": json_values}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"task": st.text(max_size=200)}).map(lambda v: json.dumps(v).encode()),
+)
+
+
+def test_a_fuzz_of_300_bodies_never_breaks_the_service_and_every_accepted_run_completes(
+    service: DaprRun, llm: LLMServer
+) -> None:
+    before = post_run(TASK)
+    accepted: list[tuple[str, Any]] = []
+    rejected: list[int] = []
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies)
+    def door_holds(body: bytes) -> None:
+        response = post(body)
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (body, response.text)
+        if response.status_code == 200:
+            accepted.append((response.json()["status_url"], json.loads(body)["task"]))
+        else:
+            assert response.json()["detail"], (body, response.text)
+            rejected.append(response.status_code)
+
+    door_holds()
+
+    assert len(accepted) + len(rejected) >= 300
+    assert accepted, "the fuzz sent no valid task; widen the strategy"
+    for status_url, task in [(before["status_url"], TASK), *accepted]:
+        outcome = wait_for_outcome(status_url, timeout=120)
+        assert outcome["runtime_status"] == "COMPLETED", (task, outcome)
+        assert json.loads(outcome["serialized_input"])["task"] == task
