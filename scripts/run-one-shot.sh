@@ -27,10 +27,33 @@ or any OpenAI-compatible server (Ollama, vLLM, LM Studio):
 NOTICE
 }
 
+# The run's workflow id and trace, from Zipkin: the newest workflow span of this app since we started.
+where_to_look() {
+  local lookback_ms=$(( ($(date +%s) - started + 5) * 1000 )) found="" _
+  local query="serviceName=durable-agent-minimal&spanName=orchestration%7C%7Cdapr.agents.assistant.workflow"
+  for _ in $(seq 30); do  # the sidecar sends spans in batches
+    found=$(curl -fsS "http://127.0.0.1:9411/api/v2/traces?$query&lookback=$lookback_ms&limit=1" | python -c '
+import json, sys
+spans = [s for trace in json.load(sys.stdin) for s in trace if s["name"].startswith("orchestration||")]
+if spans:
+    print(spans[0]["tags"]["durabletask.task.instance_id"], spans[0]["traceId"])
+') && [ -n "$found" ] && break
+    sleep 0.5
+  done
+  if [ -z "$found" ]; then
+    echo "Traces: http://localhost:9411/zipkin/?serviceName=durable-agent-minimal"
+    return
+  fi
+  read -r instance_id trace_id <<<"$found"
+  echo "Workflow id: $instance_id"
+  echo "Its trace:   http://localhost:9411/zipkin/traces/$trace_id"
+}
+
 no_key_notice
+started=$(date +%s)
 status=0
 dapr run --app-id durable-agent-minimal --resources-path "$resources" --dapr-listen-addresses 127.0.0.1 \
   --log-level error -- python durable_agent_minimal.py || status=$?
 no_key_notice
-echo "The run's trace: http://localhost:9411/zipkin/?serviceName=durable-agent-minimal"
+where_to_look
 exit "$status"

@@ -44,6 +44,11 @@ def readme_command(prefix: str, containing: str = "") -> str:
     return matches[0]
 
 
+def readme_exports() -> dict[str, str]:
+    """The variables the README's `export` line sets (dapr-agents' own tracing)."""
+    return dict(pair.split("=", 1) for pair in readme_command("export OTEL_").split()[1:])
+
+
 # The stories run the README's own commands, so a README that drifts fails the tests.
 ONE_SHOT = readme_command("dapr run --app-id durable-agent-minimal")
 SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--log-level warn -- python")
@@ -124,9 +129,10 @@ def llm(llm_server: LLMServer) -> LLMServer:
 
 
 def user_env(llm_base_url: str) -> dict[str, str]:
-    """A user's shell after `make setup`, with the LLM pointed at `llm_base_url`."""
+    """A user's shell that followed the README, with the LLM pointed at `llm_base_url`."""
     return {
         **os.environ,
+        **readme_exports(),
         "OPENAI_API_KEY": FAKE_KEY,
         "OPENAI_BASE_URL": llm_base_url,
         "PATH": f"{ROOT / '.venv' / 'bin'}:{DAPR_BIN}:{os.environ['PATH']}",

@@ -9,34 +9,51 @@ from typing import Any
 import requests
 
 from tests.conftest import ROOT, TASK, DaprRun, post_run, readme_command, wait_for, wait_for_outcome
-from tests.llm_server import LLMServer
+from tests.llm_server import HAIKU, LLMServer
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
 
 
-def test_zipkin_lists_the_service_with_a_trace_of_the_workflow(service: DaprRun, llm: LLMServer) -> None:
+def trace_of_run(instance_id: str) -> list[dict[str, Any]]:
+    """The Zipkin trace holding the workflow run `instance_id`, found the way the README says."""
+
+    def found() -> list[dict[str, Any]] | None:
+        query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
+        traces = requests.get(f"{ZIPKIN}/traces", params=query, timeout=5).json()
+        # Spans arrive in batches: wait for the agent's last step, the one after its LLM calls.
+        done = [
+            t
+            for t in traces
+            if any(s["name"].endswith("workflowactivity.dapr.agents.assistant.finalize_workflow") for s in t)
+        ]
+        return done[0] if done else None
+
+    return wait_for(found, 30, f"the trace of run {instance_id} in Zipkin", interval=1)
+
+
+def test_one_trace_shows_the_request_the_workflow_the_agents_llm_call_and_daprs_state_calls(
+    service: DaprRun, llm: LLMServer
+) -> None:
     instance_id = post_run(TASK)["instance_id"]
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
 
-    def trace_of_this_run() -> list[dict[str, Any]] | None:
-        if "durable-agent-service" not in requests.get(f"{ZIPKIN}/services", timeout=5).json():
-            return None
-        traces = requests.get(
-            f"{ZIPKIN}/traces", params={"serviceName": "durable-agent-service", "limit": 1000}, timeout=5
-        ).json()
-        for trace in traces:
-            tagged = [s for s in trace if s.get("tags", {}).get("durabletask.task.instance_id") == instance_id]
-            if any(s["name"].startswith("orchestration||") for s in tagged):
-                return trace
-        return None
+    trace = trace_of_run(instance_id)
 
-    trace = wait_for(trace_of_this_run, 30, f"the trace of run {instance_id} in Zipkin", interval=1)
-    names = {span["name"] for span in trace}
-    assert "orchestration||dapr.agents.assistant.workflow" in names
-    assert "activity||dapr.agents.assistant.call_llm" in names
-    assert "/dapr.proto.runtime.v1.dapr/conversealpha2" in names
+    by_service: dict[str, set[str]] = {}
+    for span in trace:
+        by_service.setdefault(span["localEndpoint"]["serviceName"], set()).add(span["name"])
+    sidecar, agent = by_service["durable-agent-service"], by_service["assistant"]
+    assert "post /run" in agent  # the HTTP request that started it all is the root
+    assert "orchestration||dapr.agents.assistant.workflow" in sidecar
+    assert "activity||dapr.agents.assistant.call_llm" in sidecar
+    assert "workflowactivity.dapr.agents.assistant.call_llm" in agent
+    assert "/dapr.proto.runtime.v1.dapr/conversealpha2" in sidecar
     stores = {span["tags"].get("db.name") for span in trace if span["name"].endswith("/savestate")}
     assert "agent-workflow" in stores
+    # The agent's own span of the LLM call carries the token counts the model reported.
+    llm_call = next(s for s in trace if s["name"] == "chat" and "llm.token_count.completion" in s.get("tags", {}))
+    assert llm_call["tags"]["llm.token_count.completion"] == str(len(HAIKU.split()))
+    assert int(llm_call["tags"]["llm.token_count.prompt"]) > 0
 
 
 def test_metrics_on_9090_expose_runtime_and_workflow_metrics(service: DaprRun, llm: LLMServer) -> None:

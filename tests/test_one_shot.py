@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 import subprocess
 import time
+
+import requests
 
 from tests.conftest import ONE_SHOT, ROOT, TASK, strip_ansi
 from tests.llm_server import HAIKU, LLMServer
@@ -59,4 +62,11 @@ def test_make_run_without_a_key_runs_on_the_echo_component_and_says_so(dapr_env:
     assert output.count("No OPENAI_API_KEY: this run uses Dapr's conversation.echo component") == 2
     answer = output.split("Assistant(assistant):", 1)[1]
     assert "Your name is Assistant." in answer and TASK in answer  # the prompt, echoed by Dapr
-    assert "http://localhost:9411/zipkin/?serviceName=durable-agent-minimal" in output
+    # Where to look: the run's workflow id, and the Zipkin page of its trace, which holds that workflow.
+    instance_id = re.search(r"^Workflow id: ([0-9a-f]{32})$", output, re.MULTILINE)
+    trace_id = re.search(r"^Its trace: +http://localhost:9411/zipkin/traces/([0-9a-f]{32})$", output, re.MULTILINE)
+    assert instance_id and trace_id, output[-2000:]
+    trace = requests.get(f"http://127.0.0.1:9411/api/v2/trace/{trace_id[1]}", timeout=5).json()
+    workflow = [s for s in trace if s["name"] == "orchestration||dapr.agents.assistant.workflow"]
+    assert [s["tags"]["durabletask.task.instance_id"] for s in workflow] == [instance_id[1]]
+    assert any(s["name"] == "chat" for s in trace)  # the agent's own span of its LLM call

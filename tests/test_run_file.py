@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
-from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, dapr_list, post_run, wait_for, wait_for_outcome
+import yaml
+
+from tests.conftest import (
+    ROOT,
+    SERVICE_URL,
+    TASK,
+    DaprRun,
+    dapr_list,
+    post_run,
+    readme_exports,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import LLMServer
 
 
@@ -21,3 +34,12 @@ def test_dapr_run_f_serves_the_agent_and_dapr_stop_f_stops_it(llm: LLMServer, da
         wait_for(lambda: not dapr_list(), 30, "`dapr list` to show no sidecar")
     finally:
         run.stop()
+
+
+def test_make_and_the_run_file_switch_on_the_agents_tracing_as_the_readme_says() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    make_vars = dict(p.split("=", 1) for p in re.search(r"^AGENT_TRACING := (.*)$", makefile, re.M)[1].split())
+    run_file_vars = yaml.safe_load((ROOT / "dapr.yaml").read_text())["common"]["env"]
+
+    assert make_vars == readme_exports()
+    assert run_file_vars == readme_exports()
