@@ -5,8 +5,8 @@ SHELL := bash
 
 VENV := .venv
 export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
-# dapr-agents' own spans, sent to the same Zipkin as the sidecar's: the README's `export` line.
-AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411 OTEL_BSP_SCHEDULE_DELAY=200
+# dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (README, "Traces").
+export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
 .PHONY: help setup up down status run serve test lint bench images
 
@@ -26,10 +26,10 @@ status: ## Show whether each local service answers
 	@scripts/stack.sh status
 
 run: setup up ## The one-shot: the agent writes a haiku through a durable workflow (no key: echo)
-	@env $(AGENT_TRACING) scripts/run-one-shot.sh
+	@scripts/run-one-shot.sh
 
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
-	env $(AGENT_TRACING) dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- python durable_agent_service.py
+	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_service.py
 
 test: setup lint ## Lint, then everything on the real stack: up, pytest, down (down also on failure)
 	@scripts/stack.sh up

@@ -2,12 +2,11 @@ import os
 
 import uvicorn
 from dapr_agents import DurableAgent
-from dapr_agents.workflow.runners import AgentRunner
 from fastapi import FastAPI
 
-from task_guard import TaskGuard
+from task_guard import GuardedAgentRunner, TaskGuard
 
-runner = AgentRunner()
+runner = GuardedAgentRunner()
 agent = DurableAgent(name="Assistant", system_prompt="You are a helpful assistant")
 app = runner.serve(agent, app=FastAPI(title="Assistant"), entry_path="/run")
 try:

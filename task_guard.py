@@ -1,15 +1,22 @@
-"""The door check for POST /run: a clear 4xx for a body the agent cannot run.
+"""The door checks: only a runnable task gets in, by POST /run or by the agent's topic.
 
-dapr-agents schedules a workflow for any JSON object it is sent, even `{}`, and a request that
-skips the sidecar passes no Dapr policy, so this one check lives in the app.
+dapr-agents schedules a workflow for any JSON object it is sent, even `{}`, and Dapr has no policy
+for what an app's own routes or a streaming subscription accept, so this one check lives in the app.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
+
+from dapr_agents import DurableAgent
+from dapr_agents.types.workflow import PubSubRouteSpec
+from dapr_agents.workflow.runners import AgentRunner
+from dapr_agents.workflow.utils.subscription import MessageContext
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,6 +29,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_TASK_BYTES = 32 * 1024
 # Room for a maximal task written with JSON's \uXXXX escapes (up to 12 bytes per character).
 MAX_BODY_BYTES = 12 * MAX_TASK_BYTES
+# Where the agent's topic moves a message it cannot run; nothing consumes it (README, "Bad input").
+DEAD_LETTER = "assistant.topic.deadletter"
 
 
 class BadTaskError(Exception):
@@ -31,12 +40,17 @@ class BadTaskError(Exception):
         self.detail = detail
 
 
-def check_task(body: bytes) -> None:
-    """Raise BadTaskError unless `body` is a JSON object whose `task` is text worth running."""
+def check_body(body: bytes) -> None:
+    """Raise BadTaskError unless `body` is JSON that passes check_payload."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadTaskError(400, f"the body is not JSON ({error})") from None
+    check_payload(payload)
+
+
+def check_payload(payload: Any) -> None:
+    """Raise BadTaskError unless `payload` is an object whose `task` is text worth running."""
     if not isinstance(payload, dict):
         raise BadTaskError(422, 'the body must be a JSON object: {"task": "..."}')
     task = payload.get("task")
@@ -53,7 +67,7 @@ def check_task(body: bytes) -> None:
 
 
 class TaskGuard:
-    """ASGI middleware that lets through only POST `path` requests that pass check_task."""
+    """ASGI middleware that lets through only POST `path` requests that pass check_body."""
 
     def __init__(self, app: ASGIApp, path: str) -> None:
         self.app = app
@@ -97,7 +111,7 @@ class TaskGuard:
             if len(body) > MAX_BODY_BYTES:
                 raise BadTaskError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
             if not message.get("more_body", False):
-                check_task(body)
+                check_body(body)
                 return body
 
 
@@ -106,3 +120,42 @@ async def _send_json(send: Send, status: int, content: dict[str, str]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+log = logging.getLogger("task_guard")
+
+
+def _runnable(payload: Any, context: MessageContext) -> bool:
+    try:
+        check_payload(payload)
+    except BadTaskError as bad:
+        event = context.event
+        log.warning("Rejected message %s on %s: %s; moved to %s", event.id, event.topic, bad.detail, DEAD_LETTER)
+        return False
+    return True
+
+
+class _NoRawDump(logging.Filter):
+    """dapr-agents logs a turned-away message in full; one line over 64 KiB freezes the app (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No binding accepted message")
+
+
+logging.getLogger("dapr_agents.workflow.utils.subscription").addFilter(_NoRawDump())
+
+
+class GuardedAgentRunner(AgentRunner):
+    """An AgentRunner whose agent topic turns away what POST /run would, onto a dead-letter topic.
+
+    Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents 1.0.9
+    (pinned) sets none, so this overrides the private hook that builds the subscription.
+    """
+
+    def _build_pubsub_specs(self, agent: DurableAgent, config: Any) -> list[PubSubRouteSpec]:
+        return [
+            replace(spec, dead_letter_topic=DEAD_LETTER, payload_filter=_runnable)
+            if spec.topic == config.agent_topic
+            else spec
+            for spec in super()._build_pubsub_specs(agent, config)
+        ]

@@ -45,13 +45,17 @@ def readme_command(prefix: str, containing: str = "") -> str:
 
 
 def readme_exports() -> dict[str, str]:
-    """The variables the README's `export` line sets (dapr-agents' own tracing)."""
-    return dict(pair.split("=", 1) for pair in readme_command("export OTEL_").split()[1:])
+    """The variables the README's `export OTEL_` lines set in the user's shell."""
+    exports = [c for c in readme_commands() if c.startswith("export OTEL_")]
+    return dict(pair.split("=", 1) for line in exports for pair in line.split()[1:])
 
 
 # The stories run the README's own commands, so a README that drifts fails the tests.
 ONE_SHOT = readme_command("dapr run --app-id durable-agent-minimal")
 SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--log-level warn -- python")
+# The same with dapr-agents' own tracing switched on, through variables given to the app only.
+TRACED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
+AGENT_TRACING = dict(w.split("=", 1) for w in TRACED_SERVICE.split(" -- env ")[1].split() if "=" in w)
 SERVICE_URL = "http://localhost:8001"
 TASK = "Write a haiku about programming."
 FAKE_KEY = "sk-test-9f8e7d6c5b4a"
@@ -265,13 +269,18 @@ def wait_for_outcome(status_url: str, timeout: float = 60, interval: float = 0.2
 
 
 def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-service") -> subprocess.CompletedProcess[str]:
-    """The README's `dapr publish`, with `task` as the data, through the sidecar of `via_app`."""
-    command = (
-        readme_command("dapr publish")
-        .replace('{"task": "Write a haiku about programming."}', json.dumps({"task": task}))
-        .replace("--publish-app-id durable-agent-service", f"--publish-app-id {via_app}")
-    )
-    return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True)
+    """The README's `dapr publish`, with `{"task": task}` as the data, through the sidecar of `via_app`."""
+    return publish_data(json.dumps({"task": task}), env, via_app)
+
+
+def publish_data(
+    data: str, env: dict[str, str], via_app: str = "durable-agent-service"
+) -> subprocess.CompletedProcess[str]:
+    """The README's `dapr publish`, with `data` sent in place of its task."""
+    arguments = shlex.split(readme_command("dapr publish"))
+    arguments[arguments.index("--publish-app-id") + 1] = via_app
+    arguments[arguments.index("--data") + 1] = data
+    return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def answer_of(outcome: dict[str, Any]) -> str:

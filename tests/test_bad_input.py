@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -10,8 +12,21 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from task_guard import MAX_BODY_BYTES, MAX_TASK_BYTES
-from tests.conftest import SERVICE_URL, TASK, DaprRun, answer_of, calls_for, post_run, wait_for_outcome
+from task_guard import DEAD_LETTER, MAX_BODY_BYTES, MAX_TASK_BYTES
+from tests.conftest import (
+    SERVICE_URL,
+    TASK,
+    DaprRun,
+    answer_of,
+    calls_for,
+    instance_with_task,
+    post_run,
+    publish,
+    publish_data,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import HAIKU, LLMServer
 
 JSON = {"Content-Type": "application/json"}
@@ -133,3 +148,45 @@ def test_a_fuzz_of_300_bodies_never_breaks_the_service_and_every_accepted_run_co
         outcome = wait_for_outcome(status_url, timeout=120)
         assert outcome["runtime_status"] == "COMPLETED", (task, outcome)
         assert json.loads(outcome["serialized_input"])["task"] == task
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        ("Write a haiku.", "must be a JSON object"),
+        ('["Write a haiku."]', "must be a JSON object"),
+        ('{"prompt": "Write a haiku."}', '"task" is required'),
+        ('{"task": 42}', '"task" is required'),
+        ('{"task": ""}', '"task" is empty'),
+        (json.dumps({"task": "x" * (MAX_TASK_BYTES + 1)}), f"longer than {MAX_TASK_BYTES} bytes"),
+    ],
+    ids=["plain-text", "json-array", "no-task", "task-number", "empty-task", "over-32KiB"],
+)
+def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_next_one_runs(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str], data: str, detail: str
+) -> None:
+    dead_before, log_before = _dead_letters(), len(service.log())
+
+    bad = publish_data(data, dapr_env)
+    good_task = f"Write a haiku about dead letters ({uuid.uuid4().hex[:8]})."
+    good = publish(good_task, dapr_env)
+
+    assert bad.returncode == 0 and good.returncode == 0, bad.stderr + good.stderr
+    dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 60, "the message on the dead-letter topic")
+    assert [event["data"] for event in dead] == [json.loads(data) if data.startswith(("[", "{")) else data]
+    rejected = wait_for(
+        lambda: [line for line in service.log().splitlines() if "Rejected message" in line and detail in line],
+        10,
+        "the rejection in the agent's log",
+    )
+    assert f"moved to {DEAD_LETTER}" in rejected[-1]
+    assert max(len(line) for line in service.log()[log_before:].splitlines()) < 4096  # no payload dump
+    instance_id = wait_for(lambda: instance_with_task(good_task), 120, "a run for the good message")
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [good_task]
+
+
+def _dead_letters() -> list[dict[str, Any]]:
+    """The CloudEvents on the dead-letter topic's Redis stream, oldest first."""
+    lines = redis_cli("xrange", DEAD_LETTER, "-", "+").splitlines()
+    return [json.loads(event) for field, event in itertools.pairwise(lines) if field == "data"]

@@ -8,7 +8,17 @@ from typing import Any
 
 import requests
 
-from tests.conftest import ROOT, TASK, DaprRun, post_run, readme_command, wait_for, wait_for_outcome
+from tests.conftest import (
+    ROOT,
+    SERVICE_URL,
+    TASK,
+    TRACED_SERVICE,
+    DaprRun,
+    post_run,
+    readme_command,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import HAIKU, LLMServer
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
@@ -31,11 +41,18 @@ def trace_of_run(instance_id: str) -> list[dict[str, Any]]:
     return wait_for(found, 30, f"the trace of run {instance_id} in Zipkin", interval=1)
 
 
-def test_one_trace_shows_the_request_the_workflow_the_agents_llm_call_and_daprs_state_calls(
-    service: DaprRun, llm: LLMServer
+def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_call_and_the_state_calls(
+    llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
-    instance_id = post_run(TASK)["instance_id"]
-    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    traced = DaprRun(TRACED_SERVICE, dapr_env, "traced-service")
+    try:
+        traced.wait_until_ready(SERVICE_URL)
+        instance_id = post_run(TASK)["instance_id"]
+        assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    finally:
+        traced.stop()
+    # The agent's settings did not reach the sidecar: it tried no OTLP export of its own.
+    assert "traces export" not in traced.log()
 
     trace = trace_of_run(instance_id)
 

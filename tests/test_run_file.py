@@ -8,13 +8,13 @@ import subprocess
 import yaml
 
 from tests.conftest import (
+    AGENT_TRACING,
     ROOT,
     SERVICE_URL,
     TASK,
     DaprRun,
     dapr_list,
     post_run,
-    readme_exports,
     wait_for,
     wait_for_outcome,
 )
@@ -38,8 +38,8 @@ def test_dapr_run_f_serves_the_agent_and_dapr_stop_f_stops_it(llm: LLMServer, da
 
 def test_make_and_the_run_file_switch_on_the_agents_tracing_as_the_readme_says() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    make_vars = dict(p.split("=", 1) for p in re.search(r"^AGENT_TRACING := (.*)$", makefile, re.M)[1].split())
+    make_vars = re.search(r"^export AGENT_TRACING := (.*)$", makefile, re.MULTILINE)[1].split()
     run_file_vars = yaml.safe_load((ROOT / "dapr.yaml").read_text())["common"]["env"]
 
-    assert make_vars == readme_exports()
-    assert run_file_vars == readme_exports()
+    assert dict(pair.split("=", 1) for pair in make_vars) == AGENT_TRACING
+    assert run_file_vars == AGENT_TRACING
