@@ -4,6 +4,7 @@
 #   dapr    daprd, placement, scheduler and the dapr CLI in ~/.dapr/bin, built from Go modules
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
+#   chromium  headless Chromium from Debian packages, for `make images`
 #   config  ~/.dapr/config.yaml as `dapr init` writes it (tracing to Zipkin, metrics on)
 # Idempotent: each step checks what is there first, so a warm run takes seconds.
 # Usage: scripts/setup.sh [step ...]   (default: all steps)
@@ -149,6 +150,17 @@ setup_redis() {
   redis-server --version
 }
 
+setup_chromium() {
+  if command -v chromium >/dev/null; then
+    echo "    $(chromium --version 2>/dev/null)"
+    return
+  fi
+  as_root apt-get update -qq
+  with_heartbeat "apt-get install chromium" .cache/apt-chromium.log \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+  chromium --version 2>/dev/null
+}
+
 setup_zipkin() {
   if [ -f "$ZIPKIN_JAR" ]; then
     echo "    $ZIPKIN_JAR"
@@ -175,7 +187,7 @@ setup_config() {
 main() {
   mkdir -p .cache
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(python dapr redis zipkin config)
+  [ ${#steps[@]} -gt 0 ] || steps=(python dapr redis zipkin chromium config)
   local started=$SECONDS name
   for name in "${steps[@]}"; do
     case "$name" in
@@ -183,6 +195,7 @@ main() {
       dapr) setup_dapr ;;
       redis) step "redis" setup_redis ;;
       zipkin) step "zipkin $ZIPKIN_VERSION" setup_zipkin ;;
+      chromium) step "chromium" setup_chromium ;;
       config) step "dapr config" setup_config ;;
       *) echo "setup: unknown step '$name'" >&2; exit 2 ;;
     esac

@@ -52,7 +52,7 @@ def readme_exports() -> dict[str, str]:
 
 # The stories run the README's own commands, so a README that drifts fails the tests.
 ONE_SHOT = readme_command("dapr run --app-id durable-agent-minimal")
-SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--log-level warn -- python")
+SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="-p 8001 --log-level warn -- python")
 # The same with dapr-agents' own tracing switched on, through variables given to the app only.
 TRACED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
 AGENT_TRACING = dict(w.split("=", 1) for w in TRACED_SERVICE.split(" -- env ")[1].split() if "=" in w)
@@ -157,6 +157,8 @@ class DaprRun:
     def __init__(self, command: str, env: dict[str, str], name: str, app_id: str | None = None) -> None:
         self.command = command
         self.app_id = app_id or command.split("--app-id ")[1].split()[0]
+        # Replicas share an app id; the app port tells them apart in `dapr list`.
+        self.app_port = int(command.split(" -p ")[1].split()[0]) if " -p " in command else None
         self.log_path = LOG_DIR / f"{name}-{time.strftime('%H%M%S')}-{len(DaprRun.started)}.log"
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log:
@@ -178,7 +180,8 @@ class DaprRun:
     def wait_for_sidecar(self, timeout: float = 60) -> None:
         def healthy() -> bool:
             self._exited()
-            self.sidecar = next((s for s in dapr_list() if s["appId"] == self.app_id), {})
+            mine = (s for s in dapr_list() if s["appId"] == self.app_id and self.app_port in (None, s["appPort"]))
+            self.sidecar = next(mine, {})
             try:
                 return bool(self.sidecar) and requests.get(self.sidecar_url("/v1.0/healthz"), timeout=2).ok
             except requests.RequestException:
@@ -246,18 +249,20 @@ def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
         run.stop()
 
 
-def post_run(task: Any) -> dict[str, str]:
+def post_run(task: Any, service_url: str = SERVICE_URL) -> dict[str, str]:
     """The README's curl: POST /run, expecting 200 with an instance id and a status URL."""
-    response = requests.post(f"{SERVICE_URL}/run", json={"task": task}, timeout=60)
+    response = requests.post(f"{service_url}/run", json={"task": task}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def wait_for_outcome(status_url: str, timeout: float = 60, interval: float = 0.2) -> dict[str, Any]:
+def wait_for_outcome(
+    status_url: str, timeout: float = 60, interval: float = 0.2, service_url: str = SERVICE_URL
+) -> dict[str, Any]:
     """Poll the status URL until the workflow has ended; return its last status."""
 
     def ended() -> dict[str, Any] | None:
-        response = requests.get(f"{SERVICE_URL}{status_url}", timeout=60)
+        response = requests.get(f"{service_url}{status_url}", timeout=60)
         # 404: not scheduled yet. 500: read in the instant between two of Redis' non-transactional
         # writes of a new run's state (README, "Known limits"); a client retries both.
         if response.status_code in (404, 500):
@@ -290,13 +295,17 @@ def answer_of(outcome: dict[str, Any]) -> str:
 
 def instance_with_task(task: str) -> str | None:
     """The id of the service's run whose task is `task`, found in its Redis state; None if none yet."""
-    instances = [
-        key.rsplit("_workflow_", 1)[1]
-        for key in redis_cli("--scan", "--pattern", "durable-agent-service||assistant:_workflow_*").split()
-        if task in redis_cli("hget", key, "data")
-    ]
+    keys = redis_cli("--scan", "--pattern", "durable-agent-service||assistant:_workflow_*").split()
+    values = redis_batch([f"HGET {key} data" for key in keys]).decode(errors="replace").splitlines()
+    instances = [key.rsplit("_workflow_", 1)[1] for key, value in zip(keys, values, strict=True) if task in value]
     assert len(instances) <= 1, f"the task ran {len(instances)} times: {instances}"
     return instances[0] if instances else None
+
+
+def redis_batch(commands: list[str]) -> bytes:
+    """Runs Redis commands in one redis-cli call (it reads them from stdin), one reply per line."""
+    script = ("\n".join(commands) + "\n").encode()
+    return subprocess.run(["redis-cli"], input=script, capture_output=True, check=True).stdout
 
 
 def calls_for(llm: LLMServer, task: str) -> int:

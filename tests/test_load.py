@@ -1,15 +1,29 @@
-"""Load: 200 concurrent POST /run with a 200 ms LLM all complete, none lost, none run twice."""
+"""Load and scale-out: every run completes once, under 200 concurrent requests or across a lost replica."""
 
 from __future__ import annotations
 
 import collections
+import json
+import os
+import signal
 import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import DaprRun, calls_for, post_run, wait_for_outcome
-from tests.llm_server import LLMServer
+from tests.conftest import (
+    SERVICE,
+    SERVICE_URL,
+    DaprRun,
+    answer_of,
+    calls_for,
+    post_run,
+    readme_command,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
+from tests.llm_server import HAIKU, LLMServer
 
 RUNS = 200
 
@@ -43,3 +57,47 @@ def test_200_concurrent_runs_all_complete_once(service: DaprRun, llm: LLMServer,
     for name, value in figures.items():
         record_property(name, value)
     print(f"\nload: {figures}")
+
+
+def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
+    llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
+    """Same app id, own ports, shared placement, scheduler and Redis: the README's scale-out."""
+    first = DaprRun(SERVICE, dapr_env, "replica-1")
+    replica = readme_command("dapr run --app-id durable-agent-service", containing="-p 8002")
+    second = DaprRun(replica, dapr_env, "replica-2")
+    survivor_url = "http://localhost:8002"
+    try:
+        first.wait_until_ready(SERVICE_URL)
+        second.wait_until_ready(survivor_url)
+        llm.state.latency_s = 0.2
+        batch = uuid.uuid4().hex[:8]
+        tasks = [f"Write haiku number {n} about replicas ({batch})." for n in range(100)]
+        with ThreadPoolExecutor(max_workers=20) as pool:  # half the runs through each replica
+            runs = list(pool.map(lambda n: post_run(tasks[n], (SERVICE_URL, survivor_url)[n % 2]), range(100)))
+
+        wait_for(lambda: len(llm.state.chat_requests()) >= 50, 60, "about a quarter of the LLM calls")
+        os.kill(first.sidecar["appPid"], signal.SIGKILL)
+        os.kill(first.sidecar["daprdPid"], signal.SIGKILL)
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            outcomes = list(
+                pool.map(lambda r: wait_for_outcome(r["status_url"], 300, 1, service_url=survivor_url), runs)
+            )
+    finally:
+        first.stop()
+        second.stop()
+
+    statuses = collections.Counter(outcome["runtime_status"] for outcome in outcomes)
+    assert statuses == {"COMPLETED": 100}, statuses
+    assert [json.loads(o["serialized_input"])["task"] for o in outcomes] == tasks
+    assert {answer_of(outcome) for outcome in outcomes} == {HAIKU}
+    # None ran twice: each run's conversation holds its task and one answer, and at most the LLM call
+    # interrupted by the kill was repeated.
+    for run in runs:
+        key = f"durable-agent-service||assistant:_workflow_{run['instance_id']}"
+        messages = json.loads(redis_cli("hget", key, "data"))
+        assert [m["role"] for m in messages["messages"]] == ["user", "assistant"], messages
+    calls = collections.Counter(calls_for(llm, task) for task in tasks)
+    assert set(calls) <= {1, 2}, f"tasks by number of LLM calls: {dict(calls)}"
+    print(f"\nreplicas: {statuses}, tasks by LLM calls {dict(calls)}")

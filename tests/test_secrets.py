@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import FAKE_KEY, ROOT, TASK, DaprRun, post_run, redis_cli, wait_for_outcome
+from tests.conftest import FAKE_KEY, ROOT, TASK, DaprRun, post_run, redis_batch, redis_cli, wait_for_outcome
 from tests.llm_server import LLMServer
 
 
@@ -36,12 +36,6 @@ def _every_redis_value() -> bytes:
     """Every value in Redis, raw: hashes (state stores), streams (pub/sub) and strings."""
     keys = redis_cli("--scan").split()
     commands = []
-    for key, kind in zip(keys, _batch([f"TYPE {key}" for key in keys]).decode().split(), strict=True):
+    for key, kind in zip(keys, redis_batch([f"TYPE {key}" for key in keys]).decode().split(), strict=True):
         commands.append({"hash": f"HGETALL {key}", "stream": f"XRANGE {key} - +", "string": f"GET {key}"}.get(kind, ""))
-    return _batch([c for c in commands if c])
-
-
-def _batch(commands: list[str]) -> bytes:
-    """Runs Redis commands in one redis-cli call (it reads them from stdin)."""
-    script = ("\n".join(commands) + "\n").encode()
-    return subprocess.run(["redis-cli"], input=script, capture_output=True, check=True).stdout
+    return redis_batch([c for c in commands if c])
