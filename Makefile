@@ -13,7 +13,7 @@ export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_T
 help: ## List the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin (idempotent)
+setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin, Chromium (idempotent)
 	@scripts/setup.sh
 
 up: ## Start Redis, placement, scheduler and Zipkin in the background
@@ -37,6 +37,9 @@ test: setup lint ## Lint, then everything on the real stack: up, pytest, down (d
 
 bench: setup up ## Measure what durability costs: writes bench/RESULTS.md and bench/latency.png
 	$(VENV)/bin/python bench/bench.py
+
+images: setup up ## Run the one-shot and screenshot it and its Zipkin trace into images/
+	@scripts/images.sh
 
 lint: ## ruff on the Python code
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

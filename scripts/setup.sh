@@ -157,7 +157,7 @@ setup_chromium() {
   fi
   as_root apt-get update -qq
   with_heartbeat "apt-get install chromium" .cache/apt-chromium.log \
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core fonts-noto-color-emoji
   chromium --version 2>/dev/null
 }
 
