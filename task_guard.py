@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 
+from dapr.clients.grpc.subscription import Subscription
 from dapr_agents import DurableAgent
 from dapr_agents.types.workflow import PubSubRouteSpec
 from dapr_agents.workflow.runners import AgentRunner
@@ -143,6 +144,24 @@ class _NoRawDump(logging.Filter):
 
 
 logging.getLogger("dapr_agents.workflow.utils.subscription").addFilter(_NoRawDump())
+
+
+_open_stream = Subscription.start
+
+
+def _open_stream_active(subscription: Subscription) -> None:
+    """Mark the stream active before gRPC reads its requests, not after (as dapr 1.18.3 does).
+
+    Otherwise, about one start in two, the request iterator ends after its first request, daprd
+    drops the stream (EOF) and the SDK reconnects; a message published within the next few seconds
+    is read by the Redis poller of the dropped subscription and waits 60 s or more for redelivery.
+    dapr 1.19 fixes this; dapr-agents 1.0.9 requires dapr < 1.19.
+    """
+    subscription._set_stream_active()
+    _open_stream(subscription)
+
+
+Subscription.start = _open_stream_active  # type: ignore[method-assign]
 
 
 class GuardedAgentRunner(AgentRunner):

@@ -172,7 +172,7 @@ def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_ne
     good = publish(good_task, dapr_env)
 
     assert bad.returncode == 0 and good.returncode == 0, bad.stderr + good.stderr
-    dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 60, "the message on the dead-letter topic")
+    dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 30, "the message on the dead-letter topic")
     assert [event["data"] for event in dead] == [json.loads(data) if data.startswith(("[", "{")) else data]
     rejected = wait_for(
         lambda: [line for line in service.log().splitlines() if "Rejected message" in line and detail in line],
@@ -181,7 +181,7 @@ def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_ne
     )
     assert f"moved to {DEAD_LETTER}" in rejected[-1]
     assert max(len(line) for line in service.log()[log_before:].splitlines()) < 4096  # no payload dump
-    instance_id = wait_for(lambda: instance_with_task(good_task), 120, "a run for the good message")
+    instance_id = wait_for(lambda: instance_with_task(good_task), 30, "a run for the good message")
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
     assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [good_task]
 

@@ -12,7 +12,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import (
-    SERVICE,
     SERVICE_URL,
     DaprRun,
     answer_of,
@@ -60,15 +59,14 @@ def test_200_concurrent_runs_all_complete_once(service: DaprRun, llm: LLMServer,
 
 
 def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
-    llm: LLMServer, dapr_env: dict[str, str]
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
     """Same app id, own ports, shared placement, scheduler and Redis: the README's scale-out."""
-    first = DaprRun(SERVICE, dapr_env, "replica-1")
+    first = service  # the README's service command is replica 1
     replica = readme_command("dapr run --app-id durable-agent-service", containing="-p 8002")
     second = DaprRun(replica, dapr_env, "replica-2")
     survivor_url = "http://localhost:8002"
     try:
-        first.wait_until_ready(SERVICE_URL)
         second.wait_until_ready(survivor_url)
         llm.state.latency_s = 0.2
         batch = uuid.uuid4().hex[:8]
@@ -85,7 +83,6 @@ def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
                 pool.map(lambda r: wait_for_outcome(r["status_url"], 300, 1, service_url=survivor_url), runs)
             )
     finally:
-        first.stop()
         second.stop()
 
     statuses = collections.Counter(outcome["runtime_status"] for outcome in outcomes)
