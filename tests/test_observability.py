@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import subprocess
 from typing import Any
@@ -92,3 +93,27 @@ def test_dapr_workflow_list_shows_the_completed_run(service: DaprRun, llm: LLMSe
     assert listed.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "AGE"]
     row = next(line.split() for line in listed.stdout.splitlines() if instance_id in line)
     assert row[:3] == ["dapr.agents.Assistant.workflow", instance_id, "COMPLETED"]
+
+
+def test_the_readmes_history_command_shows_each_step_of_the_run(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
+    instance_id = post_run(TASK)["instance_id"]
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    history_of = shlex.split(readme_command("python scripts/workflow_history.py"))[:-1]
+
+    shown = subprocess.run([*history_of, instance_id], cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+    unknown = subprocess.run([*history_of, "no-such-run"], cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+
+    assert shown.returncode == 0, shown.stderr
+    header, *lines = shown.stdout.splitlines()
+    columns = [header.index(title) for title in ("TYPE", "NAME", "AT (ms)", "DETAILS")]
+    rows = [[line[a:b].strip() for a, b in itertools.pairwise([0, *columns, None])] for line in lines]
+    events = [(kind, name, details) for _, kind, name, _, details in rows]
+    started = next(event for event in events if event[0] == "ExecutionStarted")
+    assert started[1] == "dapr.agents.Assistant.workflow" and TASK in started[2]
+    steps = [name.removeprefix("dapr.agents.Assistant.") for kind, name, _ in events if kind == "TaskScheduled"]
+    assert steps == ["record_initial_entry", "load_tools", "call_llm", "summarize", "finalize_workflow"]
+    assert events[-1][0] == "ExecutionCompleted" and events[-1][2].startswith("COMPLETED, output:")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().endswith("answered NOT_FOUND: workflow instance 'no-such-run' not found")
