@@ -35,6 +35,7 @@ from tests.conftest import (  # noqa: E402
     TASK,
     DaprRun,
     post_run,
+    redis_batch,
     redis_cli,
     user_env,
     wait_for_outcome,
@@ -86,6 +87,29 @@ def run_latency(task: str = TASK) -> float:
     outcome = wait_for_outcome(post_run(task)["status_url"], timeout=600, interval=0.01)
     assert outcome["runtime_status"] == "COMPLETED", outcome
     return time.perf_counter() - started
+
+
+def completed_run() -> str:
+    run = post_run(TASK)
+    assert wait_for_outcome(run["status_url"], timeout=600, interval=0.01)["runtime_status"] == "COMPLETED"
+    return run["instance_id"]
+
+
+def stored_per_run(instance_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """Mean Redis keys and bytes (MEMORY USAGE) per run, for its workflow state and the agent's entries."""
+    wanted = set(instance_ids)
+    groups: dict[str, list[str]] = {"workflow state": [], "agent entries": []}
+    for key in redis_cli("--scan").split():
+        parts = key.split("||")
+        if len(parts) == 4 and parts[2] in wanted:  # <app>||<workflow actor type>||<id>||<name>
+            groups["workflow state"].append(key)
+        elif len(parts) == 2 and ":_" in parts[1] and parts[1].rsplit("_", 1)[1] in wanted:  # assistant:_memory_<id>
+            groups["agent entries"].append(key)
+    stored = {}
+    for name, keys in groups.items():
+        sizes = redis_batch([f"MEMORY USAGE {key}" for key in keys]).split() if keys else []
+        stored[name] = (len(keys) / len(wanted), sum(int(size) for size in sizes) / len(wanted))
+    return stored
 
 
 def throughput(level: int, runs: int) -> float:
@@ -160,15 +184,15 @@ def main() -> None:
         }
         llm.state.latency_s = 0.0
         used_before, keys_before = redis_used_bytes(), int(redis_cli("dbsize"))
-        for _ in range(plan.storage_runs):
-            run_latency()
+        instance_ids = [completed_run() for _ in range(plan.storage_runs)]
         bytes_per_run = (redis_used_bytes() - used_before) / plan.storage_runs
         keys_per_run = (int(redis_cli("dbsize")) - keys_before) / plan.storage_runs
+        stored = stored_per_run(instance_ids)
     finally:
         service.stop()
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
     llm.stop()
-    write_results(args.out, plan, rows, levels, memory, bytes_per_run, keys_per_run, phases)
+    write_results(args.out, plan, rows, levels, memory, bytes_per_run, keys_per_run, stored, phases)
 
 
 def write_results(
@@ -179,6 +203,7 @@ def write_results(
     memory: dict[str, float],
     bytes_per_run: float,
     keys_per_run: float,
+    stored: dict[str, tuple[float, float]],
     phases: list[dict[str, float]],
 ) -> None:
     versions = dict(
@@ -188,6 +213,14 @@ def write_results(
         f"| {latency * 1000:.0f} ms | {level} | {rate:.1f} |"
         for latency, pairs in levels.items()
         for level, rate in pairs
+    ]
+    kept = {
+        "workflow state": ("workflow state (history, metadata)", "24 h after it completes (`config/dapr-config.yaml`)"),
+        "agent entries": ("the agent's conversation and memory summary", "until deleted"),
+    }
+    storage_rows = [
+        f"| {kept[name][0]} | {keys:.1f} | {size / 1024:.1f} | {kept[name][1]} |"
+        for name, (keys, size) in stored.items()
     ]
     phase_rows = [
         f"| {name} | {spread([p[name] for p in phases])} |" for name in ("sidecar ready", "first LLM request", "exit")
@@ -231,8 +264,15 @@ Median of {plan.one_shots} (min-max).
 Peak RSS after the load above: {", ".join(f"{name} {mb:.0f} MB" for name, mb in memory.items())}.
 
 Redis grows by {bytes_per_run / 1024:.1f} KiB and {keys_per_run:.1f} keys per completed run
-({plan.storage_runs} runs). Nothing is purged: workflow history, the run's entry and its memory summary
-stay until deleted (`POST /agent/instances/<id>/purge`). That is a production defect still open here.
+({plan.storage_runs} runs, `used_memory` and `dbsize`). Per run, by `MEMORY USAGE`:
+
+| what | keys | KiB | kept |
+| --- | --- | --- | --- |
+{chr(10).join(storage_rows)}
+
+So once a day has passed, each completed run leaves {stored["agent entries"][1] / 1024:.1f} KiB for good: the
+agent's entries are the part still unbounded. A `ttlInSeconds` on `agent-workflow` would bound them,
+but it would also expire the workflow state of any run idle that long.
 
 ![latency and phases](latency.png)
 """

@@ -5,7 +5,7 @@
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
 #   chromium  headless Chromium from Debian packages, for `make images`
-#   config  ~/.dapr/config.yaml as `dapr init` writes it (tracing to Zipkin, metrics on)
+#   config  ~/.dapr/config.yaml as `dapr init` writes it (tracing to Zipkin, metrics on), plus workflow retention
 # Idempotent: each step checks what is there first, so a warm run takes seconds.
 # Usage: scripts/setup.sh [step ...]   (default: all steps)
 set -euo pipefail
@@ -171,6 +171,16 @@ setup_zipkin() {
   ls -l "$ZIPKIN_JAR"
 }
 
+# True when $1 is a copy of config/dapr-config.yaml as committed at some point: one we installed.
+installed_by_us() {
+  local commit
+  git rev-parse --git-dir >/dev/null 2>&1 || return 1
+  for commit in $(git log --format=%H -- config/dapr-config.yaml); do
+    git show "$commit:config/dapr-config.yaml" 2>/dev/null | cmp -s - "$1" && return 0
+  done
+  return 1
+}
+
 setup_config() {
   local target="$HOME/.dapr/config.yaml"
   mkdir -p "$HOME/.dapr"
@@ -179,8 +189,12 @@ setup_config() {
     echo "    wrote $target"
   elif cmp -s config/dapr-config.yaml "$target"; then
     echo "    $target is current"
+  elif installed_by_us "$target"; then
+    cp config/dapr-config.yaml "$target"
+    echo "    updated $target (it was an earlier copy of config/dapr-config.yaml)"
   else
-    echo "    $target is your own and was left alone; the tests and \`make\` targets use config/dapr-config.yaml"
+    echo "    $target is your own and was left alone; \`dapr run\` uses it, so tracing, metrics and"
+    echo "    workflow retention are as it says there, not as in config/dapr-config.yaml"
   fi
 }
 

@@ -51,12 +51,29 @@ def test_redis_keeps_an_append_only_file_and_zipkin_answers() -> None:
     assert requests.get("http://127.0.0.1:9411/health", timeout=5).json()["status"] == "UP"
 
 
-def test_setup_installs_the_dapr_config_but_leaves_a_users_own_alone(tmp_path: Path) -> None:
+def test_setup_installs_the_dapr_config_updates_its_own_earlier_copy_and_leaves_a_users_alone(
+    tmp_path: Path,
+) -> None:
     env = {**os.environ, "HOME": str(tmp_path)}
     installed = tmp_path / ".dapr" / "config.yaml"
+    shipped = (ROOT / "config" / "dapr-config.yaml").read_text()
 
     subprocess.run([str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True)
-    assert installed.read_text() == (ROOT / "config" / "dapr-config.yaml").read_text()
+    assert installed.read_text() == shipped
+
+    commits = subprocess.run(
+        ["git", "log", "--format=%H", "--", "config/dapr-config.yaml"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    first = subprocess.run(
+        ["git", "show", f"{commits[-1]}:config/dapr-config.yaml"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert first != shipped
+    installed.write_text(first)
+    updated = subprocess.run(
+        [str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True, text=True
+    )
+    assert installed.read_text() == shipped
+    assert "updated" in updated.stdout
 
     installed.write_text("# my own\n")
     again = subprocess.run(

@@ -1,0 +1,58 @@
+"""Retention: a completed run's workflow state is purged after the time config/dapr-config.yaml sets."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import requests
+import yaml
+
+from tests.conftest import (
+    ROOT,
+    SERVICE,
+    SERVICE_URL,
+    TASK,
+    DaprRun,
+    post_run,
+    readme_command,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
+from tests.llm_server import HAIKU, LLMServer
+
+
+def test_a_completed_runs_workflow_state_is_purged_and_its_answer_and_memory_stay(
+    llm: LLMServer, dapr_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
+    retention = config["spec"]["workflow"]["stateRetentionPolicy"]
+    assert set(retention) == {"completed", "failed", "terminated"}
+    retention["completed"] = "5s"  # the shipped configuration, with its day shortened to watch the purge
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    service = DaprRun(
+        SERVICE.replace("dapr run", f"dapr run --config {tmp_path / 'config.yaml'}", 1), dapr_env, "retention"
+    )
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        instance_id = post_run(TASK)["instance_id"]
+        assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+
+        def workflow_keys() -> list[str]:
+            return redis_cli("--scan", "--pattern", f"*.workflow||{instance_id}||*").split()
+
+        assert len(workflow_keys()) >= 10, "the run left no workflow state to purge"
+        wait_for(lambda: not workflow_keys(), 30, "the completed run's workflow state to be purged")
+
+        entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
+        assert entry["messages"][-1]["content"] == HAIKU
+        assert service.get_state("agent-workflow", f"assistant:_memory_{instance_id}")
+        listed = subprocess.run(
+            readme_command("dapr workflow list").split(), cwd=ROOT, env=dapr_env, capture_output=True, text=True
+        )
+        assert listed.returncode == 0 and instance_id not in listed.stdout, listed.stdout + listed.stderr
+        status = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=5)
+        assert status.status_code == 404, status.text
+    finally:
+        service.stop()
