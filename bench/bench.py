@@ -9,25 +9,34 @@ Needs the stack up (`make up`). `--smoke` runs a few iterations, for the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import openai
+import requests
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from scripts.workflow_history import fetch_history  # noqa: E402
 from tests.conftest import (  # noqa: E402
     ONE_SHOT,
     SERVICE,
@@ -58,6 +67,15 @@ FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000)
 SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10)
 
 
+ONE_SHOT_PHASES = ("sidecar ready", "agent ready", "first LLM request", "exit")
+
+
+@dataclass(frozen=True)
+class Figures:
+    p50_ms: float  # one run at a time, 0 ms LLM
+    runs_per_s: float  # at the plan's highest concurrency, 0 ms LLM
+
+
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -82,17 +100,35 @@ def floor_latencies(llm: LLMServer, runs: int) -> list[float]:
     return samples
 
 
-def run_latency(task: str = TASK) -> float:
+def timed_run() -> tuple[str, float]:
+    """One run from POST /run to COMPLETED: its instance id and seconds taken."""
     started = time.perf_counter()
-    outcome = wait_for_outcome(post_run(task)["status_url"], timeout=600, interval=0.01)
-    assert outcome["runtime_status"] == "COMPLETED", outcome
-    return time.perf_counter() - started
-
-
-def completed_run() -> str:
     run = post_run(TASK)
-    assert wait_for_outcome(run["status_url"], timeout=600, interval=0.01)["runtime_status"] == "COMPLETED"
-    return run["instance_id"]
+    outcome = wait_for_outcome(run["status_url"], timeout=600, interval=0.01)
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    return run["instance_id"], time.perf_counter() - started
+
+
+def time_per_part(runs: list[tuple[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each part of a run, from the workflow's own history of each."""
+    parts: dict[str, list[float]] = {}
+    for instance_id, seconds in runs:
+        events = fetch_history(instance_id)
+        at = [event.timestamp.ToMilliseconds() for event in events]
+        kinds = [event.WhichOneof("eventType") for event in events]
+        started, ended = at[kinds.index("executionStarted")], at[kinds.index("executionCompleted")]
+        scheduled = {
+            e.eventId: (e.taskScheduled.name, t) for e, t in zip(events, at, strict=True) if e.HasField("taskScheduled")
+        }
+        in_activities = 0.0
+        for event, time_ms in zip(events, at, strict=True):
+            if event.HasField("taskCompleted"):
+                name, scheduled_at = scheduled[event.taskCompleted.taskScheduledId]
+                parts.setdefault(f"activity {name.rsplit('.', 1)[-1]}", []).append(time_ms - scheduled_at)
+                in_activities += time_ms - scheduled_at
+        parts.setdefault("workflow turns between activities", []).append(ended - started - in_activities)
+        parts.setdefault("outside the workflow", []).append(seconds * 1000 - (ended - started))
+    return {name: statistics.median(samples) for name, samples in parts.items()}
 
 
 def stored_per_run(instance_ids: list[str]) -> dict[str, tuple[float, float]]:
@@ -121,20 +157,78 @@ def throughput(level: int, runs: int) -> float:
 
 
 def one_shot_phases(env: dict[str, str], llm: LLMServer) -> dict[str, float]:
-    """Seconds from start to: sidecar ready, first LLM request, exit."""
+    """Seconds from start to: sidecar ready, agent ready (its workflow worker connected), first LLM
+    request, exit."""
     llm.state.requests.clear()
     started = time.monotonic()
-    sidecar_ready = None
+    phases: dict[str, float] = {}
+
+    def watch_for_the_agent(sidecar_http_port: str) -> None:
+        metadata = f"http://127.0.0.1:{sidecar_http_port}/v1.0/metadata"
+        while "agent ready" not in phases and process.poll() is None:
+            with contextlib.suppress(requests.RequestException, ValueError):
+                if requests.get(metadata, timeout=1).json().get("workflows", {}).get("connectedWorkers"):
+                    phases["agent ready"] = time.monotonic() - started
+            time.sleep(0.02)
+
     with subprocess.Popen(
         shlex.split(ONE_SHOT), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         for line in process.stdout or []:
-            if sidecar_ready is None and "Dapr sidecar is up and running" in line:
-                sidecar_ready = time.monotonic() - started
-    done = time.monotonic() - started
+            if port := re.search(r"HTTP Port: (\d+)", line):
+                threading.Thread(target=watch_for_the_agent, args=(port[1],), daemon=True).start()
+            if "Dapr sidecar is up and running" in line:
+                phases["sidecar ready"] = time.monotonic() - started
+    phases["exit"] = time.monotonic() - started
     assert process.returncode == 0, f"the one-shot exited with {process.returncode}"
-    first_llm = min(r.received_at for r in llm.state.chat_requests()) - started
-    return {"sidecar ready": sidecar_ready or 0.0, "first LLM request": first_llm, "exit": done}
+    phases["first LLM request"] = min(r.received_at for r in llm.state.chat_requests()) - started
+    return phases
+
+
+def import_seconds() -> float:
+    """Seconds for a fresh Python to import dapr_agents, most of the one-shot's wait for its agent."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import dapr_agents"], check=True)
+    return time.monotonic() - started
+
+
+def untuned(config: dict, resources: Path) -> None:
+    """The upstream quickstarts' setup: `dapr init`'s config (no retention), no resiliency policies."""
+    del config["spec"]["workflow"]
+    (resources / "resiliency.yaml").unlink()
+
+
+def tracing_off(config: dict, resources: Path) -> None:
+    config["spec"]["tracing"]["samplingRate"] = "0"
+
+
+VARIANTS = {
+    "untuned: `dapr init` config, no resiliency.yaml": untuned,
+    "this repository, tracing off (samplingRate 0)": tracing_off,
+}
+
+
+def measure_variant(change: Callable[[dict, Path], None], env: dict[str, str], plan: Plan, work: Path) -> Figures:
+    """The service with this repository's configuration changed by `change`: p50 ms and runs/s."""
+    config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
+    resources = work / "resources"
+    shutil.rmtree(resources, ignore_errors=True)
+    shutil.copytree(ROOT / "resources", resources)
+    change(config, resources)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    command = SERVICE.replace("./resources", str(resources)).replace(
+        "dapr run", f"dapr run --config {work}/config.yaml", 1
+    )
+    service = DaprRun(command, env, "bench-variant")
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        timed_run()
+        p50 = statistics.median(timed_run()[1] for _ in range(plan.sequential_runs)) * 1000
+        level = max(plan.concurrency)
+        rate = statistics.median(throughput(level, runs_at(plan, level)) for _ in range(plan.repeats))
+    finally:
+        service.stop()
+    return Figures(p50, rate)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -159,14 +253,19 @@ def main() -> None:
     env = user_env(llm.base_url)
     service = DaprRun(SERVICE, env, "bench-service")
     rows: list[str] = []
+    split: dict[str, float] = {}
     levels: dict[float, list[tuple[int, float]]] = {}
     try:
         service.wait_until_ready(SERVICE_URL)
-        run_latency()  # warm-up: first run loads the agent's code paths
+        timed_run()  # warm-up: first run loads the agent's code paths
         for latency in plan.latencies_s:
             llm.state.latency_s = latency
             floor = floor_latencies(llm, plan.sequential_runs)
-            runs = [run_latency() for _ in range(plan.sequential_runs)]
+            timed = [timed_run() for _ in range(plan.sequential_runs)]
+            runs = [seconds for _, seconds in timed]
+            if latency == 0:
+                split = time_per_part(timed)
+                split_total = statistics.median(runs) * 1000
             overhead = statistics.median(runs) - statistics.median(floor)
             rows.append(
                 f"| {latency * 1000:.0f} ms | {statistics.median(floor) * 1000:.1f} | "
@@ -184,27 +283,41 @@ def main() -> None:
         }
         llm.state.latency_s = 0.0
         used_before, keys_before = redis_used_bytes(), int(redis_cli("dbsize"))
-        instance_ids = [completed_run() for _ in range(plan.storage_runs)]
+        instance_ids = [timed_run()[0] for _ in range(plan.storage_runs)]
         bytes_per_run = (redis_used_bytes() - used_before) / plan.storage_runs
         keys_per_run = (int(redis_cli("dbsize")) - keys_before) / plan.storage_runs
         stored = stored_per_run(instance_ids)
+        top = max(plan.concurrency)
+        side_by_side = {
+            "this repository": Figures(split_total, dict(levels[0.0])[top]),
+        }
     finally:
         service.stop()
+    llm.state.latency_s = 0.0
+    with tempfile.TemporaryDirectory() as work:
+        for name, change in VARIANTS.items():
+            side_by_side[name] = measure_variant(change, env, plan, Path(work))
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
+    imports = [import_seconds() for _ in range(plan.one_shots)]
     llm.stop()
-    write_results(args.out, plan, rows, levels, memory, bytes_per_run, keys_per_run, stored, phases)
+    write_results(
+        args.out, plan, rows, split, levels, side_by_side, memory, bytes_per_run, keys_per_run, stored, phases, imports
+    )
 
 
 def write_results(
     out: Path,
     plan: Plan,
     rows: list[str],
+    split: dict[str, float],
     levels: dict[float, list[tuple[int, float]]],
+    side_by_side: dict[str, Figures],
     memory: dict[str, float],
     bytes_per_run: float,
     keys_per_run: float,
     stored: dict[str, tuple[float, float]],
     phases: list[dict[str, float]],
+    imports: list[float],
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -222,9 +335,14 @@ def write_results(
         f"| {kept[name][0]} | {keys:.1f} | {size / 1024:.1f} | {kept[name][1]} |"
         for name, (keys, size) in stored.items()
     ]
-    phase_rows = [
-        f"| {name} | {spread([p[name] for p in phases])} |" for name in ("sidecar ready", "first LLM request", "exit")
+    ours = side_by_side["this repository"]
+    side_rows = [
+        f"| {name} | {figures.p50_ms:.0f} ({figures.p50_ms / ours.p50_ms:.2f}x) | "
+        f"{figures.runs_per_s:.1f} ({figures.runs_per_s / ours.runs_per_s:.2f}x) |"
+        for name, figures in side_by_side.items()
     ]
+    split_rows = [f"| {name} | {ms:.0f} |" for name, ms in split.items()]
+    phase_rows = [f"| {name} | {spread([p[name] for p in phases])} |" for name in ONE_SHOT_PHASES]
     (out / "RESULTS.md").write_text(
         f"""# What durability costs
 
@@ -242,6 +360,17 @@ Service: `POST /run`, then the status URL polled every 10 ms until COMPLETED.
 | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
+## Where a run's time goes (0 ms LLM)
+
+Median of the {plan.sequential_runs} runs above, in ms, from each run's workflow history
+(`scripts/workflow_history.py` shows one). An activity's time runs from the workflow scheduling it
+to Dapr recording its result: dispatch to the agent, the agent's Python, and the way back.
+"Outside the workflow" is `POST /run`, starting the workflow and the 10 ms status polls.
+
+| part | ms |
+| --- | --- |
+{chr(10).join(split_rows)}
+
 ## Completed runs per second
 
 Runs at each level: {", ".join(f"{runs_at(plan, level)} with {level} in flight" for level in plan.concurrency)};
@@ -251,13 +380,26 @@ median of {plan.repeats} repetitions.
 | --- | --- | --- |
 {chr(10).join(throughput_rows)}
 
+## Side by side (0 ms LLM)
+
+The same service, one configuration changed at a time, each measured as above in this same run;
+in brackets, the ratio to this repository's configuration.
+
+| configuration | p50 ms, one at a time | runs/s, {max(plan.concurrency)} in flight |
+| --- | --- | --- |
+{chr(10).join(side_rows)}
+
 ## The one-shot, seconds from `dapr run` to...
 
-Median of {plan.one_shots} (min-max).
+Median of {plan.one_shots} (min-max). The agent is ready when its workflow worker has connected to
+the sidecar (`workflows.connectedWorkers` in the sidecar's metadata).
 
 | phase | seconds |
 | --- | --- |
 {chr(10).join(phase_rows)}
+
+`dapr run` starts the app once the sidecar is up, so the agent's wait is mostly Python starting:
+`python -c "import dapr_agents"` alone takes {spread(imports)} s.
 
 ## Memory and storage
 
@@ -277,7 +419,7 @@ but it would also expire the workflow state of any run idle that long.
 ![latency and phases](latency.png)
 """
     )
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
     for latency, pairs in levels.items():
         left.plot(
             [lv for lv, _ in pairs], [rate for _, rate in pairs], marker="o", label=f"LLM {latency * 1000:.0f} ms"
@@ -287,11 +429,17 @@ but it would also expire the workflow state of any run idle that long.
     left.set_xticks(list(plan.concurrency), labels=[str(level) for level in plan.concurrency])
     left.minorticks_off()
     left.legend()
-    names = ("sidecar ready", "first LLM request", "exit")
-    medians = [statistics.median(p[name] for p in phases) for name in names]
-    right.barh(["one-shot"], [medians[0]], label="start to sidecar ready")
-    right.barh(["one-shot"], [medians[1] - medians[0]], left=[medians[0]], label="sidecar ready to first LLM call")
-    right.barh(["one-shot"], [medians[2] - medians[1]], left=[medians[1]], label="first LLM call to exit")
+    offset = 0.0
+    for name, ms in split.items():
+        middle.barh(["service run"], [ms], left=[offset], label=name)
+        offset += ms
+    middle.set(xlabel="ms (median, 0 ms LLM)", title="Where one service run's time goes")
+    middle.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
+    previous = 0.0
+    for name in ONE_SHOT_PHASES:
+        reached = statistics.median(p[name] for p in phases)
+        right.barh(["one-shot"], [reached - previous], left=[previous], label=f"to {name}")
+        previous = reached
     right.set(xlabel="seconds", title="Where the one-shot's time goes")
     right.legend(fontsize=8, loc="lower right")
     figure.tight_layout()

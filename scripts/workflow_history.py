@@ -59,21 +59,30 @@ def describe(event: Message, scheduled: dict[int, str]) -> tuple[str, str, str]:
     return kind[0].upper() + kind[1:], name, clip(details)
 
 
-def main(instance_id: str, app_id: str = "durable-agent-service") -> None:
+def fetch_history(instance_id: str, app_id: str = "durable-agent-service") -> list[Message]:
+    """The run's history events, oldest first, from the sidecar's workflow API."""
     token = os.environ.get("DAPR_API_TOKEN")
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{sidecar_grpc_port(app_id)}") as channel:
-            history = workflows_grpc.TaskHubSidecarServiceStub(channel).GetInstanceHistory(
+    with grpc.insecure_channel(f"127.0.0.1:{sidecar_grpc_port(app_id)}") as channel:
+        return list(
+            workflows_grpc.TaskHubSidecarServiceStub(channel)
+            .GetInstanceHistory(
                 workflows.GetInstanceHistoryRequest(instanceId=instance_id),
                 metadata=[("dapr-api-token", token)] if token else None,
                 timeout=10,
             )
+            .events
+        )
+
+
+def main(instance_id: str, app_id: str = "durable-agent-service") -> None:
+    try:
+        events = fetch_history(instance_id, app_id)
     except grpc.RpcError as error:
         sys.exit(f"The sidecar of {app_id!r} answered {error.code().name}: {error.details()}")
-    start = min(event.timestamp.ToMilliseconds() for event in history.events)
+    start = min(event.timestamp.ToMilliseconds() for event in events)
     scheduled: dict[int, str] = {}
     print(f"{'EVENT':>5}  {'TYPE':<18}  {'NAME':<44}  {'AT (ms)':>7}  DETAILS")
-    for event in history.events:
+    for event in events:
         kind, name, details = describe(event, scheduled)
         number = str(event.eventId) if event.eventId >= 0 else ""
         at = event.timestamp.ToMilliseconds() - start

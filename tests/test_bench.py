@@ -24,6 +24,12 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert re.search(r"\| 0 ms \| [\d.]+ \| \d+ / \d+ / \d+ \| -?\d+ \| [\d.]+x \|", results), results
     assert re.search(r"\| 0 ms \| 8 \| [\d.]+ \|", results)
     assert re.search(r"\| first LLM request \| [\d.]+ ", results)
+    assert re.search(r"\| agent ready \| [\d.]+ ", results)
+    assert re.search(r"\| activity call_llm \| \d+ \|", results)
+    assert re.search(r"\| workflow turns between activities \| \d+ \|", results)
+    assert re.search(
+        r"\| untuned: `dapr init` config, no resiliency.yaml \| \d+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|", results
+    )
     assert re.search(r"Peak RSS after the load above: agent \(python\) \d+ MB, daprd \d+ MB", results)
     workflow_state = re.search(r"\| workflow state \(history, metadata\) \| ([\d.]+) \| ([\d.]+) \|", results)
     agent_entries = re.search(r"\| the agent's conversation and memory summary \| ([\d.]+) \| ([\d.]+) \|", results)
