@@ -238,6 +238,12 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_used_bytes() -> int:
     return int(redis_cli("info", "memory").split("used_memory:")[1].split()[0])
 
@@ -255,10 +261,13 @@ def main() -> None:
     rows: list[str] = []
     medians: dict[float, tuple[float, float]] = {}  # floor and service p50 in ms, by LLM latency
     split: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}
     levels: dict[float, list[tuple[int, float]]] = {}
     try:
         service.wait_until_ready(SERVICE_URL)
         timed_run()  # warm-up: first run loads the agent's code paths
+        redis_pid = int(redis_cli("info", "server").split("process_id:")[1].split()[0])
+        processes = {"agent": service.sidecar["appPid"], "daprd": service.sidecar["daprdPid"], "Redis": redis_pid}
         for latency in plan.latencies_s:
             llm.state.latency_s = latency
             floor = floor_latencies(llm, plan.sequential_runs)
@@ -275,10 +284,16 @@ def main() -> None:
                 f"{percentile(runs, 99) * 1000:.0f} | {overhead * 1000:.0f} | "
                 f"{statistics.median(runs) / statistics.median(floor):.1f}x |"
             )
+            cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
             levels[latency] = [
                 (level, statistics.median([throughput(level, runs_at(plan, level)) for _ in range(plan.repeats)]))
                 for level in plan.concurrency
             ]
+            if latency == 0:
+                runs_done = plan.repeats * sum(runs_at(plan, level) for level in plan.concurrency)
+                cpu_ms = {
+                    name: (cpu_seconds(pid) - cpu_before[name]) * 1000 / runs_done for name, pid in processes.items()
+                }
         memory = {
             "agent (python)": peak_rss_mb(service.sidecar["appPid"]),
             "daprd": peak_rss_mb(service.sidecar["daprdPid"]),
@@ -308,6 +323,7 @@ def main() -> None:
         rows,
         medians,
         split,
+        cpu_ms,
         levels,
         side_by_side,
         memory,
@@ -325,6 +341,7 @@ def write_results(
     rows: list[str],
     medians: dict[float, tuple[float, float]],
     split: dict[str, float],
+    cpu_ms: dict[str, float],
     levels: dict[float, list[tuple[int, float]]],
     side_by_side: dict[str, Figures],
     memory: dict[str, float],
@@ -370,6 +387,8 @@ def write_results(
         goals.insert(2, ("within 10% of the floor at 500 ms LLM", f"{ratio:.2f}x", ratio <= 1.1))
     goal_rows = [f"| {goal} | {shown} | {'yes' if met else 'no'} |" for goal, shown, met in goals]
     turns = split.get("workflow turns between activities", 0)
+    cpu_total = sum(cpu_ms.values())
+    budget = (os.cpu_count() or 1) * 1000 / 50
     split_rows = [f"| {name} | {ms:.0f} |" for name, ms in split.items()]
     phase_rows = [f"| {name} | {spread([p[name] for p in phases])} |" for name in ONE_SHOT_PHASES]
     (out / "RESULTS.md").write_text(
@@ -399,6 +418,12 @@ to Dapr recording its result: dispatch to the agent, the agent's Python, and the
 | part | ms |
 | --- | --- |
 {chr(10).join(split_rows)}
+
+CPU used per run, over all the 0 ms runs under "Completed runs per second" below:
+{", ".join(f"{name} {ms:.0f} ms" for name, ms in cpu_ms.items())};
+{cpu_total:.0f} ms in all, so {os.cpu_count()} cores can complete at most about
+{(os.cpu_count() or 1) * 1000 / cpu_total:.0f} runs/s, whatever the concurrency (fewer here: the benchmark
+itself and the test LLM use the same cores).
 
 ## Completed runs per second
 
@@ -436,15 +461,16 @@ the sidecar (`workflows.connectedWorkers` in the sidecar's metadata).
 | --- | --- | --- |
 {chr(10).join(goal_rows)}
 
-What holds them back, from the figures above. With a 0 ms LLM, the agent's {len(activities)} activities take
-{sum(activities):.0f} ms of a run and the workflow's turns between them {turns:.0f} ms:
-each step is a round trip between daprd and the agent with state writes, and no configuration here
-removes a step; switching tracing off or dropping this repository's configuration changes the figures
-by the ratios in "Side by side". At 500 ms the agent calls the LLM twice per run (the task, then a
-summary for its memory); dapr-agents 1.0.9 always summarizes, since its memory falls back to an
-in-process list when none is configured. The one-shot's agent is ready only once Python has imported
-dapr_agents, which takes {statistics.median(imports):.1f} s on its own: it imports the SDK of every LLM
-provider it supports.
+What holds them back, from the figures above. With a 0 ms LLM, the agent's {len(activities)} activities
+take {sum(activities):.0f} ms of a run and the workflow's turns between them {turns:.0f} ms: each step is a
+round trip between daprd and the agent with state writes, and no configuration here removes a step.
+Throughput is bound by CPU: a run uses {cpu_total:.0f} ms, {cpu_ms.get("agent", 0):.0f} ms of it in the
+agent's Python, where 50 runs/s on {os.cpu_count()} cores would allow {budget:.0f} ms. Switching tracing
+off or dropping this repository's configuration changes the figures by the ratios in "Side by side".
+At 500 ms the agent calls the LLM twice per run (the task, then a summary for its memory);
+dapr-agents 1.0.9 always summarizes, since its memory falls back to an in-process list when none is
+configured. The one-shot's agent is ready only once Python has imported dapr_agents, which takes
+{statistics.median(imports):.1f} s on its own: it imports the SDK of every LLM provider it supports.
 
 ## Memory and storage
 

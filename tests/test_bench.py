@@ -28,6 +28,7 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert re.search(r"\| overhead ≤ 50 ms p50 per run, 0 ms LLM \| -?\d+ ms \| (yes|no) \|", results), results
     assert re.search(r"\| activity call_llm \| \d+ \|", results)
     assert re.search(r"\| workflow turns between activities \| \d+ \|", results)
+    assert re.search(r"agent \d+ ms, daprd \d+ ms, Redis \d+ ms;\n\d+ ms in all", results), results
     assert re.search(
         r"\| untuned: `dapr init` config, no resiliency.yaml \| \d+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|", results
     )
