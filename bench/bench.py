@@ -1,8 +1,9 @@
 """`make bench`: what durability costs, against the test LLM at a fixed latency.
 
 Measures, in one run so the figures compare: the floor (the openai SDK calling the LLM directly),
-the service (POST /run until COMPLETED, sequential and concurrent), the one-shot command, memory
-and Redis storage per run. Writes RESULTS.md and latency.png into the output folder.
+the service (POST /run until COMPLETED, sequential and concurrent; each run split by workflow step;
+CPU per run), the same service untuned and with tracing off, the one-shot command, memory and Redis
+storage per run. Writes RESULTS.md and latency.png into the output folder.
 Needs the stack up (`make up`). `--smoke` runs a few iterations, for the tests.
 """
 
