@@ -7,6 +7,7 @@ can be told to answer slowly, fail with a status code, or hold an answer until r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -104,8 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # A caller that timed out (the hanging-LLM story) has closed the socket: nobody to answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.end_headers()
+            self.wfile.write(data)
 
     def do_POST(self) -> None:
         if not self.path.rstrip("/").endswith("/chat/completions"):
