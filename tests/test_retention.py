@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_answer_and_memory_sta
         assert entry["messages"][-1]["content"] == HAIKU
         assert service.get_state("agent-workflow", f"assistant:_memory_{instance_id}")
         listed = subprocess.run(
-            readme_command("dapr workflow list").split(), cwd=ROOT, env=dapr_env, capture_output=True, text=True
+            shlex.split(readme_command("dapr workflow list")), cwd=ROOT, env=dapr_env, capture_output=True, text=True
         )
         assert listed.returncode == 0 and instance_id not in listed.stdout, listed.stdout + listed.stderr
         status = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=5)
