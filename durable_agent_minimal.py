@@ -3,6 +3,7 @@ from dapr_agents.workflow.runners import AgentRunner
 
 runner = AgentRunner()
 agent = DurableAgent(name="Assistant")  # prints the conversation as it goes
+agent.memory = None  # no per-run summary: nothing reads it back, and it would cost a second LLM call
 try:
     output = runner.run_sync(agent, {"task": "Write a haiku about programming."})
 finally:

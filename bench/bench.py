@@ -77,6 +77,15 @@ class Figures:
     runs_per_s: float  # at the plan's highest concurrency, 0 ms LLM
 
 
+@dataclass(frozen=True)
+class PerTask:
+    """What one task costs a service, at one LLM latency."""
+
+    p50_ms: float  # one run at a time
+    runs_per_s: float  # at the plan's highest concurrency
+    llm_calls: float  # LLM requests per run
+
+
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -147,6 +156,43 @@ def stored_per_run(instance_ids: list[str]) -> dict[str, tuple[float, float]]:
         sizes = redis_batch([f"MEMORY USAGE {key}" for key in keys]).split() if keys else []
         stored[name] = (len(keys) / len(wanted), sum(int(size) for size in sizes) / len(wanted))
     return stored
+
+
+def per_task(llm: LLMServer, plan: Plan) -> PerTask:
+    """p50 of runs one at a time, LLM requests per run, and runs/s at the highest concurrency."""
+    before = len(llm.state.chat_requests())
+    p50 = statistics.median(timed_run()[1] for _ in range(plan.sequential_runs)) * 1000
+    calls = (len(llm.state.chat_requests()) - before) / plan.sequential_runs
+    level = max(plan.concurrency)
+    rate = statistics.median(throughput(level, runs_at(plan, level)) for _ in range(plan.repeats))
+    return PerTask(p50, rate, calls)
+
+
+def summarizing_service(work: Path) -> str:
+    """The service as it was before it turned the agent's memory off, when dapr-agents summarized
+    every run for memory with a second LLM call: the command that starts it."""
+    script = (ROOT / "durable_agent_service.py").read_text()
+    memory_off = re.search(r"^agent\.memory = None.*\n", script, re.MULTILINE)
+    assert memory_off, "durable_agent_service.py no longer turns the agent's memory off"
+    (work / "durable_agent_service.py").write_text(script.replace(memory_off[0], ""))
+    return SERVICE.replace("python durable_agent_service.py", f"python {work}/durable_agent_service.py")
+
+
+def measure_summarizing(env: dict[str, str], llm: LLMServer, plan: Plan, work: Path) -> tuple[dict, dict]:
+    """The summarizing service at each LLM latency, and where its time goes at 0 ms."""
+    service = DaprRun(summarizing_service(work), {**env, "PYTHONPATH": str(ROOT)}, "bench-summarizing")
+    figures: dict[float, PerTask] = {}
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        timed_run()
+        for latency in plan.latencies_s:
+            llm.state.latency_s = latency
+            figures[latency] = per_task(llm, plan)
+        llm.state.latency_s = 0.0
+        split = time_per_part([timed_run() for _ in range(plan.sequential_runs)])
+    finally:
+        service.stop()
+    return figures, split
 
 
 def throughput(level: int, runs: int) -> float:
@@ -264,6 +310,7 @@ def main() -> None:
     split: dict[str, float] = {}
     cpu_ms: dict[str, float] = {}
     levels: dict[float, list[tuple[int, float]]] = {}
+    calls_per_run: dict[float, float] = {}
     try:
         service.wait_until_ready(SERVICE_URL)
         timed_run()  # warm-up: first run loads the agent's code paths
@@ -272,8 +319,10 @@ def main() -> None:
         for latency in plan.latencies_s:
             llm.state.latency_s = latency
             floor = floor_latencies(llm, plan.sequential_runs)
+            requests_before = len(llm.state.chat_requests())
             timed = [timed_run() for _ in range(plan.sequential_runs)]
             runs = [seconds for _, seconds in timed]
+            calls_per_run[latency] = (len(llm.state.chat_requests()) - requests_before) / plan.sequential_runs
             if latency == 0:
                 split = time_per_part(timed)
             overhead = statistics.median(runs) - statistics.median(floor)
@@ -308,12 +357,17 @@ def main() -> None:
         side_by_side = {
             "this repository": Figures(medians[0.0][1], dict(levels[0.0])[top]),
         }
+        one_call = {
+            latency: PerTask(medians[latency][1], dict(levels[latency])[top], calls_per_run[latency])
+            for latency in plan.latencies_s
+        }
     finally:
         service.stop()
     llm.state.latency_s = 0.0
     with tempfile.TemporaryDirectory() as work:
         for name, change in VARIANTS.items():
             side_by_side[name] = measure_variant(change, env, plan, Path(work))
+        summarizing, summarizing_split = measure_summarizing(env, llm, plan, Path(work))
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
     imports = [import_seconds() for _ in range(plan.one_shots)]
     llm.stop()
@@ -332,6 +386,8 @@ def main() -> None:
         stored,
         phases,
         imports,
+        {"before: summarizing each run for memory": summarizing, "after: this repository": one_call},
+        summarizing_split,
     )
 
 
@@ -350,6 +406,8 @@ def write_results(
     stored: dict[str, tuple[float, float]],
     phases: list[dict[str, float]],
     imports: list[float],
+    before_after: dict[str, dict[float, PerTask]],
+    summarizing_split: dict[str, float],
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -361,7 +419,7 @@ def write_results(
     ]
     kept = {
         "workflow state": ("workflow state (history, metadata)", "24 h after it completes (`config/dapr-config.yaml`)"),
-        "agent entries": ("the agent's conversation and memory summary", "until deleted"),
+        "agent entries": ("the run's conversation (agent entry)", "until deleted"),
     }
     storage_rows = [
         f"| {kept[name][0]} | {keys:.1f} | {size / 1024:.1f} | {kept[name][1]} |"
@@ -387,6 +445,23 @@ def write_results(
         goals.insert(2, ("within 10% of the floor at 500 ms LLM", f"{ratio:.2f}x", ratio <= 1.1))
     goal_rows = [f"| {goal} | {shown} | {'yes' if met else 'no'} |" for goal, shown, met in goals]
     turns = split.get("workflow turns between activities", 0)
+    top_level = max(plan.concurrency)
+    activities_of = {name: len(activities) for name in before_after}
+    activities_of["before: summarizing each run for memory"] = sum(
+        1 for name in summarizing_split if name.startswith("activity")
+    )
+    before_after_header = "".join(
+        f" p50 ms, {lat * 1000:.0f} ms LLM | runs/s, {top_level} in flight, {lat * 1000:.0f} ms LLM |"
+        for lat in plan.latencies_s
+    )
+    before_after_rows = [
+        f"| {name} | {figures[plan.latencies_s[0]].llm_calls:.1f} | {activities_of[name]} |"
+        + "".join(f" {figures[lat].p50_ms:.0f} | {figures[lat].runs_per_s:.1f} |" for lat in plan.latencies_s)
+        for name, figures in before_after.items()
+    ]
+    before, after = before_after.values()
+    summary_step = summarizing_split.get("activity summarize", 0)
+    turns_saved = summarizing_split.get("workflow turns between activities", 0) - turns
     cpu_total = sum(cpu_ms.values())
     budget = (os.cpu_count() or 1) * 1000 / 50
     split_rows = [f"| {name} | {ms:.0f} |" for name, ms in split.items()]
@@ -396,8 +471,8 @@ def write_results(
 
 Measured by `make bench`{" (smoke run)" if plan.storage_runs < 100 else ""} on {os.cpu_count()} cores,
 {platform.machine()}, Python {platform.python_version()}, Dapr runtime {versions["DAPR_RUNTIME_VERSION"]},
-dapr-agents 1.0.9, against the test LLM answering after a fixed latency. Every run of the agent makes two
-LLM calls (the task, then a summary for memory), so at 500 ms the LLM alone takes 1 s of each run.
+dapr-agents 1.0.9, against the test LLM answering after a fixed latency. Every run of the agent makes one
+LLM call.
 
 ## One task, one at a time (ms)
 
@@ -434,6 +509,23 @@ median of {plan.repeats} repetitions.
 | --- | --- | --- |
 {chr(10).join(throughput_rows)}
 
+## Before and after: one LLM call per task
+
+dapr-agents summarizes every run for the agent's long-term memory with a second LLM call, unless the
+agent's memory is off; nothing here reads that summary back, so both scripts set `agent.memory = None`.
+"Before" is `durable_agent_service.py` without that line, measured in this same run. LLM calls per run
+are the test LLM's count over the {plan.sequential_runs} runs one at a time.
+
+| service | LLM calls per run | activities per run |{before_after_header}
+| --- | --- | --- |{" --- | --- |" * len(plan.latencies_s)}
+{chr(10).join(before_after_rows)}
+
+At 0 ms LLM the summary costs little time: it is one activity ({summary_step:.0f} ms median in the
+"before" runs' histories) and one more workflow turn (the turns took {turns_saved:.0f} ms more), and the
+p50s differ by {before[0.0].p50_ms - after[0.0].p50_ms:.0f} ms, inside the 40 ms that this p50 moved between
+whole runs of `make bench`. Its CPU shows in throughput rather than in one run's time. With a real
+LLM the second call costs a whole LLM latency, and tokens.
+
 ## Side by side (0 ms LLM)
 
 The same service, one configuration changed at a time, each measured as above in this same run;
@@ -467,9 +559,7 @@ round trip between daprd and the agent with state writes, and no configuration h
 Throughput is bound by CPU: a run uses {cpu_total:.0f} ms, {cpu_ms.get("agent", 0):.0f} ms of it in the
 agent's Python, where 50 runs/s on {os.cpu_count()} cores would allow {budget:.0f} ms. Switching tracing
 off or dropping this repository's configuration changes the figures by the ratios in "Side by side".
-At 500 ms the agent calls the LLM twice per run (the task, then a summary for its memory);
-dapr-agents 1.0.9 always summarizes, since its memory falls back to an in-process list when none is
-configured. The one-shot's agent is ready only once Python has imported dapr_agents, which takes
+The one-shot's agent is ready only once Python has imported dapr_agents, which takes
 {statistics.median(imports):.1f} s on its own: it imports the SDK of every LLM provider it supports.
 
 ## Memory and storage

@@ -18,8 +18,6 @@ no_key_notice() {
 --------------------------------------------------------------------------------
 No OPENAI_API_KEY: this run uses Dapr's conversation.echo component, which answers
 with the prompt it was sent. Everything else (workflow, state, tracing) is real.
-Echo cannot write the JSON summary the agent asks for after each run, so a
-"summarize failed" traceback is expected here.
 For a real haiku:   export OPENAI_API_KEY=sk-...        then `make run` again
 or any OpenAI-compatible server (Ollama, vLLM, LM Studio):
   export OPENAI_API_KEY=unused OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.2

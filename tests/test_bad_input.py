@@ -12,7 +12,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from task_guard import DEAD_LETTER, MAX_BODY_BYTES, MAX_TASK_BYTES
+from service_runner.task_checks import MAX_BODY_BYTES, MAX_TASK_BYTES
+from service_runner.topic_door import DEAD_LETTER
 from tests.conftest import (
     SERVICE_URL,
     TASK,

@@ -34,8 +34,11 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     )
     assert re.search(r"Peak RSS after the load above: agent \(python\) \d+ MB, daprd \d+ MB", results)
     workflow_state = re.search(r"\| workflow state \(history, metadata\) \| ([\d.]+) \| ([\d.]+) \|", results)
-    agent_entries = re.search(r"\| the agent's conversation and memory summary \| ([\d.]+) \| ([\d.]+) \|", results)
+    agent_entries = re.search(r"\| the run's conversation \(agent entry\) \| ([\d.]+) \| ([\d.]+) \|", results)
     assert workflow_state and float(workflow_state[1]) >= 10 and float(workflow_state[2]) > 0, results
-    assert agent_entries and float(agent_entries[1]) == 2 and float(agent_entries[2]) > 0, results
+    assert agent_entries and float(agent_entries[1]) == 1 and float(agent_entries[2]) > 0, results
+    # One LLM call and four activities per task; five and two with the agent summarizing for memory.
+    assert re.search(r"\| before: summarizing each run for memory \| 2\.0 \| 5 \| \d+ \| [\d.]+ \|", results), results
+    assert re.search(r"\| after: this repository \| 1\.0 \| 4 \| \d+ \| [\d.]+ \|", results), results
     plot = (tmp_path / "latency.png").read_bytes()
     assert plot.startswith(b"\x89PNG") and len(plot) > 20_000

@@ -113,7 +113,7 @@ def test_the_readmes_history_command_shows_each_step_of_the_run(
     started = next(event for event in events if event[0] == "ExecutionStarted")
     assert started[1] == "dapr.agents.Assistant.workflow" and TASK in started[2]
     steps = [name.removeprefix("dapr.agents.Assistant.") for kind, name, _ in events if kind == "TaskScheduled"]
-    assert steps == ["record_initial_entry", "load_tools", "call_llm", "summarize", "finalize_workflow"]
+    assert steps == ["record_initial_entry", "load_tools", "call_llm", "finalize_workflow"]
     assert events[-1][0] == "ExecutionCompleted" and events[-1][2].startswith("COMPLETED, output:")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().endswith("answered NOT_FOUND: workflow instance 'no-such-run' not found")
