@@ -1,8 +1,9 @@
 """What the service needs beyond dapr-agents' AgentRunner, behind `ServiceRunner.serve`:
 
 - task_checks: what a runnable task is, the one rule of every door;
-- http_door: the check in front of the HTTP routes;
+- http_door: the checks in front of every HTTP route;
 - topic_door: the check on the agent's topic, and its dead-letter topic;
+- once_only: at most one run per Idempotency-Key, and per published message;
 - subscription_fix: a fix of the Dapr Python SDK's subscription start.
 """
 

@@ -1,8 +1,13 @@
-"""The HTTP door: an ASGI middleware in front of the agent's routes that lets in only runnable tasks."""
+"""The HTTP door: an ASGI middleware that checks what every route of the agent is sent.
+
+Each route that starts or touches a run gets the same rules and the same clear 4xx, before
+dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405 itself).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -14,54 +19,98 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# POST routes that start a run from a task in the body.
+TASK_ROUTES = ("/run", "/run/stream")
+# Routes of one run: its status, its stream, and the two POST actions that take no body.
+RUN_ROUTE = re.compile(r"/agent/instances/(?P<instance_id>[^/]*)(?P<action>/stream|/terminate|/purge)?")
+# Instance ids this service makes are 32 hex digits; Dapr's own allow letters, digits, - and _.
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# As the IETF draft and Stripe have it: a string of the client's choosing, 255 characters at most.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
-class TaskGuard:
-    """ASGI middleware that lets through only POST `path` requests that pass check_body."""
 
-    def __init__(self, app: ASGIApp, path: str) -> None:
+class HttpDoor:
+    """Lets a request through to the agent's routes only if it is well formed for its route."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._checked_body(scope, receive)
+            receive = await self._check(scope, receive)
         except BadTaskError as bad:
             await _send_json(send, bad.status, {"detail": bad.detail})
             return
+        await self.app(scope, receive, send)
 
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: wait for the client's disconnect
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _checked_body(scope: Scope, receive: Receive) -> bytes:
+    async def _check(self, scope: Scope, receive: Receive) -> Receive:
+        """Raise BadTaskError for a request its route would not run; return how to read its body."""
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
         headers = dict(scope["headers"])
-        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type != b"application/json":
-            raise BadTaskError(415, "send the task as JSON, with Content-Type: application/json")
-        if int(headers.get(b"content-length", b"0") or 0) > MAX_BODY_BYTES:
-            raise BadTaskError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadTaskError(400, "the client went away before sending the whole body")
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY_BYTES:
-                raise BadTaskError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-            if not message.get("more_body", False):
-                check_body(body)
-                return body
+        if path in TASK_ROUTES and method == "POST":
+            if path == "/run" and b"idempotency-key" in headers:
+                _check_idempotency_key(headers[b"idempotency-key"])
+            body = await _read_task(headers, receive)
+            if path == "/run/stream":
+                # Dapr's Conversation API answers whole, not in deltas: put the answer in the stream.
+                body = json.dumps({**json.loads(body), "include_complete_message": True}).encode()
+            return _replay(body, receive)
+        run_route = RUN_ROUTE.fullmatch(path)
+        if run_route is None:
+            return receive
+        if not INSTANCE_ID.fullmatch(run_route["instance_id"]):
+            raise BadTaskError(404, "no run has that id (an id is letters, digits, - and _)")
+        if method == "POST" and run_route["action"] in ("/terminate", "/purge"):
+            if await _read_body(headers, receive, MAX_BODY_BYTES):
+                raise BadTaskError(400, f"{run_route['action'][1:]} takes no body")
+            return _replay(b"", receive)
+        return receive
+
+
+def _check_idempotency_key(value: bytes) -> None:
+    if not IDEMPOTENCY_KEY.fullmatch(value.decode("latin-1")):
+        raise BadTaskError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters, without spaces")
+
+
+async def _read_task(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if media_type != b"application/json":
+        raise BadTaskError(415, "send the task as JSON, with Content-Type: application/json")
+    body = await _read_body(headers, receive, MAX_BODY_BYTES)
+    check_body(body)
+    return body
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
+    if int(headers.get(b"content-length", b"0") or 0) > limit:  # the server has checked it is a number
+        raise BadTaskError(413, f"the body is larger than {limit} bytes")
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadTaskError(400, "the client went away before sending the whole body")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise BadTaskError(413, f"the body is larger than {limit} bytes")
+        if not message.get("more_body", False):
+            return body
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the app the body already read, then waits as the original would."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # after the body: wait for the client's disconnect
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _send_json(send: Send, status: int, content: dict[str, str]) -> None:

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import uvicorn
+from dapr.ext.workflow import WorkflowStatus
 from dapr_agents import DurableAgent
 from dapr_agents.types.workflow import PubSubRouteSpec
 from dapr_agents.workflow.runners import AgentRunner
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
-from service_runner.http_door import TaskGuard
+from service_runner.http_door import HttpDoor
+from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.topic_door import DEAD_LETTER, runnable
+
+STATUS_PATH = "/agent/instances/{instance_id}"
+ENDED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
 
 
 class ServiceRunner(AgentRunner):
@@ -24,10 +35,24 @@ class ServiceRunner(AgentRunner):
     production"). Its port comes from APP_PORT, which `dapr run -p` sets, so replicas share a script.
     """
 
+    def __init__(self, **options: Any) -> None:
+        self._workflows = OncePerMessageClient()
+        super().__init__(wf_client=self._workflows, **options)
+        self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
-        uvicorn.run(TaskGuard(app, path="/run"), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
+        if not agent.tools:  # answers to tools' questions and approvals of tool calls: none to give
+            _remove_routes(app, lambda path: path == "/run/input" or path.startswith("/hitl/"))
+        _replace_route(app, "/run", self._start_run(agent))
+        _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate(agent))
+        _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
+        uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
+
+    def shutdown(self, agent: DurableAgent | None = None) -> None:
+        super().shutdown(agent)
+        self._workflows.close()  # the base closes only a client it made itself
 
     def _build_pubsub_specs(self, agent: DurableAgent, config: Any) -> list[PubSubRouteSpec]:
         """Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents
@@ -38,3 +63,74 @@ class ServiceRunner(AgentRunner):
             else spec
             for spec in super()._build_pubsub_specs(agent, config)
         ]
+
+    def _start_run(self, agent: DurableAgent) -> Callable[..., Any]:
+        async def start_run(request: Request) -> JSONResponse:
+            """Start a run of the task; with an Idempotency-Key, at most one run per key."""
+            task = await request.json()  # checked by HttpDoor
+            key = request.headers.get("idempotency-key")
+            if key is None:
+                instance_id, replayed = await self.run(agent, task, wait=False), False
+            else:
+                instance_id, replayed = await self._start_once(agent, task, run_id("run", key))
+            started = {"instance_id": instance_id, "status_url": STATUS_PATH.format(instance_id=instance_id)}
+            return JSONResponse(started, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+        return start_run
+
+    async def _start_once(self, agent: DurableAgent, task: dict[str, str], instance_id: str) -> tuple[str, bool]:
+        """Start the run `instance_id` unless Dapr has it already; True when it had."""
+        # Two requests with one key at once on this replica: the second waits and finds the run.
+        async with self._starting.setdefault(instance_id, asyncio.Lock()):
+            existing = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id)
+            if existing is None:
+                try:
+                    await self.run(agent, task, instance_id=instance_id, wait=False)
+                    return instance_id, False
+                except Exception:  # another replica started it in the meantime, or Dapr failed
+                    existing = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id)
+                    if existing is None:
+                        raise
+        if json.loads(existing.serialized_input or "{}").get("task") != task["task"]:
+            raise HTTPException(422, "this Idempotency-Key was used for another task; use a new key")
+        return instance_id, True
+
+    def _terminate(self, agent: DurableAgent) -> Callable[..., Any]:
+        async def terminate(instance_id: str) -> dict[str, str]:
+            """End a run that has not ended: its workflow stops, and no step after it runs."""
+            state = await self._existing_run(instance_id)
+            if state.runtime_status in ENDED:
+                raise HTTPException(409, f"the run has ended already ({state.runtime_status.name})")
+            await asyncio.to_thread(self._workflows.terminate_workflow, instance_id, output="Terminated by request")
+            return {"instance_id": instance_id, "status": "terminated"}
+
+        return terminate
+
+    def _purge(self, agent: DurableAgent) -> Callable[..., Any]:
+        async def purge(instance_id: str) -> dict[str, str]:
+            """Delete an ended run: its workflow state and the agent's entry for it."""
+            state = await self._existing_run(instance_id)
+            if state.runtime_status not in ENDED:
+                raise HTTPException(409, f"the run is {state.runtime_status.name}: terminate it first")
+            await asyncio.to_thread(self._workflows.purge_workflow, instance_id)
+            await asyncio.to_thread(agent.purge, instance_id)
+            return {"instance_id": instance_id, "status": "purged"}
+
+        return purge
+
+    async def _existing_run(self, instance_id: str) -> Any:
+        state = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id, fetch_payloads=False)
+        if state is None:
+            raise HTTPException(404, "no run has that id")
+        return state
+
+
+def _remove_routes(app: FastAPI, unwanted: Callable[[str], bool]) -> None:
+    app.router.routes[:] = [r for r in app.router.routes if not (isinstance(r, APIRoute) and unwanted(r.path))]
+
+
+def _replace_route(app: FastAPI, path: str, endpoint: Callable[..., Any]) -> None:
+    """Put `endpoint` where dapr-agents mounted its POST `path`, keeping its summary for the docs."""
+    (mounted,) = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods]
+    _remove_routes(app, lambda p: p == path)
+    app.add_api_route(path, endpoint, methods=["POST"], summary=mounted.summary, tags=mounted.tags)

@@ -7,6 +7,7 @@ for what an app's own routes or a streaming subscription accept, so this check l
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from typing import Any
 
@@ -24,22 +25,46 @@ class BadTaskError(Exception):
         self.detail = detail
 
 
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON, strictly as RFC 8259 has it: no NaN or Infinity, which Python would accept
+    and the sidecar would not, and no number too large to be one."""
+    try:
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+        raise BadTaskError(400, f"the body is not JSON ({error})") from None
+    except RecursionError:
+        raise BadTaskError(400, "the body is not JSON this service reads (nested too deeply)") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
 def check_body(body: bytes) -> None:
     """Raise BadTaskError unless `body` is JSON that passes check_payload."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadTaskError(400, f"the body is not JSON ({error})") from None
-    check_payload(payload)
+    check_payload(parse_json(body))
 
 
 def check_payload(payload: Any) -> None:
-    """Raise BadTaskError unless `payload` is an object whose `task` is text worth running."""
+    """Raise BadTaskError unless `payload` is {"task": <text worth running>} and nothing else.
+
+    Other fields would reach the workflow's input, where dapr-agents reads fields of its own
+    (`_message_metadata` among them): a caller gets to set none of them.
+    """
     if not isinstance(payload, dict):
         raise BadTaskError(422, 'the body must be a JSON object: {"task": "..."}')
     task = payload.get("task")
     if not isinstance(task, str):
         raise BadTaskError(422, '"task" is required and must be a string')
+    if unknown := sorted(set(payload) - {"task"}):
+        raise BadTaskError(422, f'unknown field {json.dumps(unknown[0])}: the body takes only "task"')
     if not task.strip():
         raise BadTaskError(422, '"task" is empty')
     if len(task.encode("utf-8", "surrogatepass")) > MAX_TASK_BYTES:

@@ -249,6 +249,22 @@ def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
         run.stop()
 
 
+@pytest.fixture
+def start_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
+    """Starts the README's service command; every one started is stopped at the end."""
+    runs: list[DaprRun] = []
+
+    def start() -> DaprRun:
+        run = DaprRun(SERVICE, dapr_env, "service")
+        runs.append(run)
+        run.wait_until_ready(SERVICE_URL)
+        return run
+
+    yield start
+    for run in runs:
+        run.stop()
+
+
 def post_run(task: Any, service_url: str = SERVICE_URL) -> dict[str, str]:
     """The README's curl: POST /run, expecting 200 with an instance id and a status URL."""
     response = requests.post(f"{service_url}/run", json={"task": task}, timeout=60)
@@ -282,10 +298,42 @@ def publish_data(
     data: str, env: dict[str, str], via_app: str = "durable-agent-service"
 ) -> subprocess.CompletedProcess[str]:
     """The README's `dapr publish`, with `data` sent in place of its task."""
-    arguments = shlex.split(readme_command("dapr publish"))
+    arguments = shlex.split(readme_command("dapr publish --publish-app-id"))
     arguments[arguments.index("--publish-app-id") + 1] = via_app
     arguments[arguments.index("--data") + 1] = data
     return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def post_with_key(task: str, key: str) -> requests.Response:
+    headers = {"Idempotency-Key": key}
+    return requests.post(f"{SERVICE_URL}/run", json={"task": task}, headers=headers, timeout=60)
+
+
+def all_delivered() -> bool:
+    """The agent has taken, and acknowledged, the newest message on its topic's Redis stream."""
+    newest = redis_cli("xrevrange", "assistant.topic", "+", "-", "COUNT", "1").split()[0]
+    fields = redis_cli("xinfo", "groups", "assistant.topic").split()
+    group = dict(zip(fields[::2], fields[1::2], strict=True))
+    return group["pending"] == "0" and group["last-delivered-id"] == newest
+
+
+def publish_cloudevent(service: DaprRun, event_id: str, task: str) -> None:
+    """What a producer that sets its own CloudEvent id sends: the event, through Dapr's publish API."""
+    event = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "tests",
+        "type": "com.example.task",
+        "datacontenttype": "application/json",
+        "data": {"task": task},
+    }
+    published = requests.post(
+        service.sidecar_url("/v1.0/publish/agent-pubsub/assistant.topic"),
+        data=json.dumps(event),
+        headers={"Content-Type": "application/cloudevents+json"},
+        timeout=10,
+    )
+    assert published.status_code == 204, published.text
 
 
 def answer_of(outcome: dict[str, Any]) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import re
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -33,9 +36,9 @@ from tests.llm_server import HAIKU, LLMServer
 JSON = {"Content-Type": "application/json"}
 
 
-def post(body: bytes | str, headers: dict[str, str] | None = None) -> requests.Response:
+def post(body: bytes | str, headers: dict[str, str] | None = None, path: str = "/run") -> requests.Response:
     data = body.encode() if isinstance(body, str) else body
-    return requests.post(f"{SERVICE_URL}/run", data=data, headers=JSON if headers is None else headers, timeout=30)
+    return requests.post(f"{SERVICE_URL}{path}", data=data, headers=JSON if headers is None else headers, timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,12 @@ def post(body: bytes | str, headers: dict[str, str] | None = None) -> requests.R
         (b" " * (10 * 1024 * 1024), None, 413, f"larger than {MAX_BODY_BYTES} bytes"),
         (json.dumps({"task": TASK}), {"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
         (json.dumps({"task": TASK}), {}, 415, "Content-Type: application/json"),
+        ('{"task": "x", "n": NaN}', None, 400, "NaN is not a JSON value"),
+        ('{"task": "x", "n": -Infinity}', None, 400, "-Infinity is not a JSON value"),
+        ('{"task": "x", "n": 1e999}', None, 400, "too large a number"),
+        ("[" * 100_000 + "]" * 100_000, None, 400, "nested too deeply"),
+        ('{"task": "x", "n": 1}', None, 422, 'unknown field "n"'),
+        ('{"task": "x", "_message_metadata": {"id": "spoofed"}}', None, 422, 'unknown field "_message_metadata"'),
     ],
     ids=[
         "form-encoded",
@@ -77,14 +86,81 @@ def post(body: bytes | str, headers: dict[str, str] | None = None) -> requests.R
         "10MB-body",
         "text-plain",
         "no-content-type",
+        "nan",
+        "infinity",
+        "overflowing-number",
+        "nested-100k-deep",
+        "extra-field",
+        "dapr-agents-field",
     ],
 )
+@pytest.mark.parametrize("path", ["/run", "/run/stream"])
 def test_a_body_the_agent_cannot_run_gets_a_clear_4xx(
-    service: DaprRun, llm: LLMServer, body: bytes | str, headers: dict[str, str] | None, status: int, detail: str
+    service: DaprRun,
+    llm: LLMServer,
+    body: bytes | str,
+    headers: dict[str, str] | None,
+    status: int,
+    detail: str,
+    path: str,
 ) -> None:
-    response = post(body, headers)
+    response = post(body, headers, path)
 
     assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    assert llm.state.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "detail"),
+    [
+        ("GET", "/agent/instances/0123456789abcdef0123456789abcdef", b"", 404, "not found"),
+        ("GET", "/agent/instances/not%20an%20id", b"", 404, "no run has that id"),
+        ("GET", "/agent/instances/" + "x" * 65, b"", 404, "no run has that id"),
+        ("GET", "/agent/instances/0123456789abcdef0123456789abcdef/stream", b"", 404, "not found"),
+        ("POST", "/agent/instances/0123456789abcdef0123456789abcdef/terminate", b"", 404, "no run has that id"),
+        ("POST", "/agent/instances/0123456789abcdef0123456789abcdef/purge", b"", 404, "no run has that id"),
+        ("POST", "/agent/instances/abc%7C%7Cdef/purge", b"", 404, "no run has that id"),
+        ("POST", "/agent/instances/0123456789abcdef0123456789abcdef/terminate", b"{}", 400, "takes no body"),
+        ("POST", "/agent/instances/0123456789abcdef0123456789abcdef/purge", b"x" * 400_000, 413, "larger than"),
+        ("POST", "/run/input", b"{}", 404, "Not Found"),
+        ("GET", "/hitl/approvals", b"", 404, "Not Found"),
+        ("GET", "/run", b"", 405, "Method Not Allowed"),
+    ],
+    ids=[
+        "status-unknown",
+        "status-not-an-id",
+        "status-id-too-long",
+        "stream-unknown",
+        "terminate-unknown",
+        "purge-unknown",
+        "purge-not-an-id",
+        "terminate-with-body",
+        "purge-huge-body",
+        "input-not-mounted",
+        "approvals-not-mounted",
+        "run-by-get",
+    ],
+)
+def test_each_route_of_a_run_answers_bad_requests_with_a_clear_4xx(
+    service: DaprRun, llm: LLMServer, method: str, path: str, body: bytes, status: int, detail: str
+) -> None:
+    response = requests.request(method, f"{SERVICE_URL}{path}", data=body, headers=JSON, timeout=30)
+
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    assert llm.state.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "detail"),
+    [("", "1 to 255 printable ASCII"), ("a b", "without spaces"), ("k" * 256, "1 to 255"), ("é", "printable ASCII")],
+    ids=["empty", "space", "256-chars", "not-ascii"],
+)
+def test_a_bad_idempotency_key_gets_a_clear_400(service: DaprRun, llm: LLMServer, key: str, detail: str) -> None:
+    response = post(json.dumps({"task": TASK}), {**JSON, "Idempotency-Key": key.encode().decode("latin-1")})
+
+    assert response.status_code == 400, response.text
     assert detail in response.json()["detail"]
     assert llm.state.chat_requests() == []
 
@@ -123,27 +199,56 @@ bodies = st.one_of(
 )
 
 
-def test_a_fuzz_of_300_bodies_never_breaks_the_service_and_every_accepted_run_completes(
+instance_ids = st.one_of(
+    st.text(max_size=70),
+    st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+    st.sampled_from(["", ".", "..", "%2F", "a b", "x" * 65, "abc||def"]),
+)
+route_requests = st.one_of(
+    st.tuples(st.just("POST"), st.sampled_from(["/run", "/run/stream"]), bodies, st.none() | st.text(max_size=300)),
+    st.tuples(
+        st.sampled_from(["GET", "POST", "DELETE"]),
+        instance_ids.map(lambda i: f"/agent/instances/{quote(i, safe='')}")
+        | st.tuples(instance_ids, st.sampled_from(["/stream", "/terminate", "/purge"])).map(
+            lambda p: f"/agent/instances/{quote(p[0], safe='')}{p[1]}"
+        ),
+        st.just(b"") | bodies,
+        st.none(),
+    ),
+)
+
+
+def test_a_fuzz_of_300_requests_to_every_route_gets_no_5xx_and_every_accepted_run_completes(
     service: DaprRun, llm: LLMServer
 ) -> None:
     before = post_run(TASK)
     accepted: list[tuple[str, Any]] = []
-    rejected: list[int] = []
+    rejected: collections.Counter[int] = collections.Counter()
+    routes: collections.Counter[str] = collections.Counter()
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(body=bodies)
-    def door_holds(body: bytes) -> None:
-        response = post(body)
-        assert response.status_code == 200 or 400 <= response.status_code < 500, (body, response.text)
-        if response.status_code == 200:
+    @given(request=route_requests)
+    def door_holds(request: tuple[str, str, bytes, str | None]) -> None:
+        method, path, body, key = request
+        headers = {**JSON, **({"Idempotency-Key": key} if key is not None else {})}
+        try:
+            response = requests.request(method, f"{SERVICE_URL}{path}", data=body, headers=headers, timeout=60)
+        except UnicodeEncodeError:
+            return  # a key requests itself cannot send as a header: nothing reached the service
+        routes[f"{method} {re.sub(r'/agent/instances/[^/]*', '/agent/instances/<id>', path)}"] += 1
+        assert response.status_code < 500, (request, response.text)
+        if response.status_code >= 400:
+            assert response.json()["detail"], (request, response.text)
+            rejected[response.status_code] += 1
+        elif path == "/run":
             accepted.append((response.json()["status_url"], json.loads(body)["task"]))
-        else:
-            assert response.json()["detail"], (body, response.text)
-            rejected.append(response.status_code)
+        elif path == "/run/stream":
+            assert '"type": "session_complete"' in response.text or "session_complete" in response.text, response.text
 
     door_holds()
 
-    assert len(accepted) + len(rejected) >= 300
+    print(f"\nfuzz: {sum(routes.values())} requests by route {dict(routes)}; 4xx by status {dict(rejected)}")
+    assert sum(routes.values()) >= 250
     assert accepted, "the fuzz sent no valid task; widen the strategy"
     for status_url, task in [(before["status_url"], TASK), *accepted]:
         outcome = wait_for_outcome(status_url, timeout=120)

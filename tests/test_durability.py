@@ -7,42 +7,27 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
     ROOT,
-    SERVICE,
-    SERVICE_URL,
     DaprRun,
+    all_delivered,
     answer_of,
     calls_for,
     instance_with_task,
     post_run,
+    post_with_key,
     publish,
+    publish_cloudevent,
     redis_cli,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
-
-
-@pytest.fixture
-def start_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
-    """Starts the README's service command; every one started is stopped at the end."""
-    runs: list[DaprRun] = []
-
-    def start() -> DaprRun:
-        run = DaprRun(SERVICE, dapr_env, "service")
-        runs.append(run)
-        run.wait_until_ready(SERVICE_URL)
-        return run
-
-    yield start
-    for run in runs:
-        run.stop()
 
 
 @pytest.mark.parametrize("victim", ["appPid", "daprdPid"], ids=["agent", "sidecar"])
@@ -131,3 +116,39 @@ def test_each_start_subscribes_once_so_a_message_published_at_once_runs_at_once(
         wait_for(lambda task=task: instance_with_task(task), 10, f"a run for the message published at start {start}")
         service.stop()
         assert "Subscription stream error" not in service.log(), service.log()[-3000:]
+
+
+def test_a_key_is_remembered_across_a_restart_of_the_agent_and_its_sidecar(
+    llm: LLMServer, start_service: Callable[[], DaprRun]
+) -> None:
+    task, key = f"Write a haiku about memory ({uuid.uuid4().hex[:8]}).", uuid.uuid4().hex
+    service = start_service()
+    first = post_with_key(task, key).json()
+    assert wait_for_outcome(first["status_url"])["runtime_status"] == "COMPLETED"
+    service.stop()
+
+    start_service()
+    again = post_with_key(task, key)
+
+    assert again.json() == first and again.headers["Idempotent-Replayed"] == "true"
+    assert calls_for(llm, task) == 1
+
+
+def test_a_message_delivered_again_after_an_agent_restart_does_not_run_again(
+    llm: LLMServer, start_service: Callable[[], DaprRun]
+) -> None:
+    task, event_id = f"Write a haiku about deja vu ({uuid.uuid4().hex[:8]}).", uuid.uuid4().hex
+    service = start_service()
+    publish_cloudevent(service, event_id, task)
+    instance_id = wait_for(lambda: instance_with_task(task), 30, "the published task to run")
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    service.stop()
+
+    service = start_service()
+    publish_cloudevent(service, event_id, task)
+
+    wait_for(all_delivered, 30, "the agent to take the repeated message")
+    time.sleep(1)  # room for a run it might have started to reach Redis and the LLM
+    assert instance_with_task(task) == instance_id
+    assert calls_for(llm, task) == 1
+    assert f"has run already, as {instance_id}" in service.log()

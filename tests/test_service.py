@@ -26,7 +26,11 @@ from tests.llm_server import HAIKU, LLMServer
 def test_the_readmes_curl_starts_a_run_whose_status_url_reaches_completed_with_the_answer(
     service: DaprRun, llm: LLMServer
 ) -> None:
-    started = subprocess.run(shlex.split(readme_command("curl -i -X POST")), capture_output=True, text=True)
+    started = subprocess.run(
+        shlex.split(readme_command('curl -i -X POST http://localhost:8001/run -H "Content-Type')),
+        capture_output=True,
+        text=True,
+    )
 
     head, body = started.stdout.split("\n\n", 1)
     assert head.startswith("HTTP/1.1 200 OK"), started.stdout
@@ -80,3 +84,18 @@ def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redi
     assert messages["messages"][-1]["content"] == HAIKU
     registered = json.loads(redis_cli("hget", "durable-agent-service||agents:default:Assistant", "data"))
     assert registered["agent"]["role"] == "Assistant"
+
+
+def test_a_task_published_as_a_raw_payload_runs_like_a_cloudevent_one(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
+    task = f"Write a haiku about plain JSON ({uuid.uuid4().hex[:8]})."
+    arguments = shlex.split(readme_command("dapr publish --metadata"))
+    arguments[arguments.index("--data") + 1] = json.dumps({"task": task})
+
+    published = subprocess.run(arguments, env=dapr_env, capture_output=True, text=True)
+
+    assert "Event published successfully" in published.stdout, published.stdout + published.stderr
+    instance_id = wait_for(lambda: instance_with_task(task), 30, "a workflow run for the raw message")
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    assert [r.user_text for r in llm.state.chat_requests()] == [task]
