@@ -25,6 +25,7 @@ from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.topic_door import DEAD_LETTER, runnable
 
 STATUS_PATH = "/agent/instances/{instance_id}"
+STREAM_PUBSUB = "agent-stream"
 ENDED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
 
 
@@ -41,6 +42,8 @@ class ServiceRunner(AgentRunner):
         self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
+        # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
+        agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
         if not agent.tools:  # answers to tools' questions and approvals of tool calls: none to give
             _remove_routes(app, lambda path: path == "/run/input" or path.startswith("/hitl/"))

@@ -1,4 +1,4 @@
-"""A fix of the Dapr Python SDK 1.18.3's subscription start, applied on import."""
+"""A fix of the Dapr Python SDK 1.18.3's streaming subscription start, applied on import."""
 
 from dapr.clients.grpc.subscription import Subscription
 
@@ -18,3 +18,4 @@ def _open_stream_active(subscription: Subscription) -> None:
 
 
 Subscription.start = _open_stream_active  # type: ignore[method-assign]
+
