@@ -18,4 +18,3 @@ def _open_stream_active(subscription: Subscription) -> None:
 
 
 Subscription.start = _open_stream_active  # type: ignore[method-assign]
-
