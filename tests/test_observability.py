@@ -23,6 +23,7 @@ from tests.conftest import (
 from tests.llm_server import HAIKU, LLMServer
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
+WORKFLOW_SPAN = "orchestration||dapr.agents.assistant.workflow"
 
 
 def trace_of_run(instance_id: str) -> list[dict[str, Any]]:
@@ -32,9 +33,10 @@ def trace_of_run(instance_id: str) -> list[dict[str, Any]]:
         query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
         traces = requests.get(f"{ZIPKIN}/traces", params=query, timeout=5).json()
         # Spans arrive in batches: wait for the agent's last step and the sidecar's workflow span,
-        # which daprd sends only after the run has ended.
-        last_spans = ("workflowactivity.dapr.agents.assistant.finalize_workflow", "orchestration||")
-        done = [t for t in traces if all(any(n in s["name"] for s in t) for n in last_spans)]
+        # which daprd sends only after the run has ended. Names are matched whole: the sidecar's
+        # create_orchestration||... span, sent when the run starts, also contains "orchestration||".
+        last_spans = ("workflowactivity.dapr.agents.assistant.finalize_workflow", WORKFLOW_SPAN)
+        done = [t for t in traces if all(any(s["name"] == n for s in t) for n in last_spans)]
         return done[0] if done else None
 
     return wait_for(found, 30, f"the trace of run {instance_id} in Zipkin", interval=1)
@@ -59,7 +61,7 @@ def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_cal
         by_service.setdefault(span["localEndpoint"]["serviceName"], set()).add(span["name"])
     sidecar, agent = by_service["durable-agent-service"], by_service["assistant"]
     assert "post /run" in agent  # the HTTP request that started it all is the root
-    assert "orchestration||dapr.agents.assistant.workflow" in sidecar
+    assert WORKFLOW_SPAN in sidecar
     assert "activity||dapr.agents.assistant.call_llm" in sidecar
     assert "workflowactivity.dapr.agents.assistant.call_llm" in agent
     assert "/dapr.proto.runtime.v1.dapr/conversealpha2" in sidecar
