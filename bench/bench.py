@@ -461,7 +461,7 @@ def write_results(
     ]
     before, after = before_after.values()
     summary_step = summarizing_split.get("activity summarize", 0)
-    turns_saved = summarizing_split.get("workflow turns between activities", 0) - turns
+    summarizing_turns = summarizing_split.get("workflow turns between activities", 0)
     cpu_total = sum(cpu_ms.values())
     budget = (os.cpu_count() or 1) * 1000 / 50
     split_rows = [f"| {name} | {ms:.0f} |" for name, ms in split.items()]
@@ -520,11 +520,12 @@ are the test LLM's count over the {plan.sequential_runs} runs one at a time.
 | --- | --- | --- |{" --- | --- |" * len(plan.latencies_s)}
 {chr(10).join(before_after_rows)}
 
-At 0 ms LLM the summary costs little time: it is one activity ({summary_step:.0f} ms median in the
-"before" runs' histories) and one more workflow turn (the turns took {turns_saved:.0f} ms more), and the
-p50s differ by {before[0.0].p50_ms - after[0.0].p50_ms:.0f} ms, inside the 40 ms that this p50 moved between
-whole runs of `make bench`. Its CPU shows in throughput rather than in one run's time. With a real
-LLM the second call costs a whole LLM latency, and tokens.
+At 0 ms LLM the summary costs one activity ({summary_step:.0f} ms median in the "before" runs'
+histories) and one more workflow turn (turns {summarizing_turns:.0f} ms in all, against {turns:.0f}), and the
+p50s differ by {before[0.0].p50_ms - after[0.0].p50_ms:.0f} ms: a tenth or so of a run, less than the 40 ms
+this p50 has moved between whole runs of `make bench`, so an A/B of a few runs each cannot tell it
+from noise. The step's CPU shows instead in throughput with runs in flight. With a real LLM the
+second call costs a whole LLM latency, and tokens.
 
 ## Side by side (0 ms LLM)
 
