@@ -239,6 +239,8 @@ command_of() {
         --log-level warn --logger zap)
       ;;
     kube-apiserver)
+      # Kubelets are reached at their InternalIP: the node's name is looked up nowhere (the
+      # default tries the machine's DNS first).
       cmd=("$BIN/kube-apiserver" --etcd-servers "$ETCD_URL"
         --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port 6443
         --service-cluster-ip-range "$SERVICE_CIDR"
@@ -246,7 +248,7 @@ command_of() {
         --client-ca-file "$PKI/ca.crt"
         --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt"
         --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
-        --kubelet-certificate-authority "$PKI/ca.crt"
+        --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP
         --service-account-issuer https://kubernetes.default.svc.cluster.local
         --service-account-key-file "$PKI/service-account.pub"
         --service-account-signing-key-file "$PKI/service-account.key"

@@ -33,7 +33,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "KUBECONFIG": str(KUBECONFIG), "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
-def run(*args: str, check: bool = True, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=timeout, input=stdin)
     if check and done.returncode != 0:
         pytest.fail(f"`{' '.join(args)}` exited {done.returncode}:\n{done.stdout}{done.stderr}")

@@ -3,8 +3,8 @@
 Run by `make k8s-test` against the running cluster. It checks what a user of Dapr on Kubernetes
 relies on: the API server answers, the node is Ready, `dapr status -k` reports a healthy control
 plane at the pinned version, an annotated pod gets a `daprd` sidecar (with a workload certificate
-from sentry, without which the sidecar does not start) whose metadata API answers, and the
-cluster's network stays inside this machine.
+from sentry, without which the sidecar does not start) whose metadata API answers and shows it
+connected to placement and the three schedulers, and the cluster's network stays inside this machine.
 """
 
 from __future__ import annotations
@@ -98,8 +98,11 @@ def test_an_annotated_pod_gets_a_daprd_sidecar_whose_metadata_answers(namespace:
     answer = wait_for(metadata, 30, "the sidecar's metadata API")
     assert answer["id"] == "smoke"
     assert answer["runtimeVersion"] == PINS["DAPR_RUNTIME_VERSION"]
+    assert answer["actorRuntime"]["placement"] == "placement: connected", answer
+    assert len(answer["scheduler"]["connected_addresses"]) == 3, answer
+    # In Kubernetes mode the sidecar starts only with a workload certificate from sentry (mTLS).
     logs = kubectl("logs", "smoke", "-n", namespace, "-c", "daprd").stdout
-    assert "mTLS enabled" in logs or "Security is initialized" in logs, logs[-2000:]
+    assert "Security is initialized successfully" in logs, logs[-2000:]
 
 
 def test_the_cluster_is_kept_inside_this_machine() -> None:
