@@ -429,7 +429,7 @@ check_isolation() {
     printf '  - %s\n' "${problems[@]}" >&2
     return 1
   fi
-  log "isolation: no forwarding or NAT to $(outside_interfaces | tr '\n' ' '); FORWARD drops what would leave $BRIDGE"
+  log "isolation: no forwarding or NAT to $(outside_interfaces | paste -sd' '); FORWARD drops what would leave $BRIDGE"
 }
 
 # --- cluster contents ----------------------------------------------------------------------------
@@ -627,6 +627,8 @@ up() {
   wait_ready kube-system 180
   install_dapr
   wait_ready "$DAPR_NAMESPACE" 300
+  # Once more: kube-proxy adds its FORWARD jumps, above ours, at its first sync.
+  isolation_first
   check_isolation
   echo "Cluster up in $((SECONDS - started))s: export KUBECONFIG=$KUBECONFIG  (kubectl: $BIN/kubectl)"
 }
