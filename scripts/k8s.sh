@@ -339,14 +339,14 @@ start() {
 }
 
 stop() {
-  local name=$1 pid
+  local name=$1 pid started=$SECONDS
   pid=$(running_pid "$name")
   rm -f "$PIDS/$name.pid"
   [ -n "$pid" ] || return 0
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true
   for _ in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || {
-      log "$name: stopped (pid $pid)"
+      log "$name: stopped (pid $pid, $((SECONDS - started))s)"
       return
     }
     sleep 0.2
@@ -530,7 +530,7 @@ leftover_pids() {
   for proc in /proc/[0-9]*; do
     pid=${proc#/proc/}
     [ "$pid" != $$ ] || continue
-    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -qF "$RUN/" ||
+    if tr '\0' ' ' 2>/dev/null <"$proc/cmdline" | grep -qF "$RUN/" ||
       grep -q ':/kubepods' "$proc/cgroup" 2>/dev/null; then
       echo "$pid"
     fi
