@@ -46,6 +46,9 @@ ETCD_URL=http://127.0.0.1:12379
 DAPR_NAMESPACE=dapr-system
 # Our iptables chain: first in FORWARD, it keeps pods' traffic on the bridge.
 ISOLATION_CHAIN=TDA-ISOLATION
+# Folders outside the project that the kubelet, containerd and the CNI plugins write to whatever
+# they are told: `down` removes what the cluster put there, and each folder if `up` created it.
+HOST_DIRS=(/var/lib/kubelet /var/lib/cni /var/log/containers /var/log/pods /etc/cni /run/containerd)
 # Processes in start order; `down` stops them in reverse.
 SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
 # Sysctls the node changes; their values before `up` are saved and put back by `down`.
@@ -167,6 +170,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$CONTAINERD_STATE/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$RUN/cni/net.d"
@@ -224,6 +228,7 @@ evictionHard: {memory.available: 200Mi, nodefs.available: 2%, imagefs.available:
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 serializeImagePulls: false
+podLogsDir: $RUN/pod-logs
 EOF
 }
 
@@ -309,7 +314,7 @@ running_pid() {
   pid=$(cat "$pid_file")
   kill -0 "$pid" 2>/dev/null || return 0
   command_of "$1"
-  program=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)
+  program=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n 1)
   if [ "$program" = "${cmd[0]}" ]; then echo "$pid"; fi
 }
 
@@ -393,6 +398,34 @@ save_sysctls() {
 # undoes the Service's DNAT on the reply).
 set_sysctls() {
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+}
+
+save_host_dirs() {
+  [ -f "$RUN/host-dirs.preexisting" ] && return
+  local dir
+  for dir in "${HOST_DIRS[@]}"; do [ ! -e "$dir" ] || echo "$dir"; done >"$RUN/host-dirs.preexisting"
+}
+
+# The CNI plugins' cache of our pods' results, the kubelet's links to our pods' logs and its device
+# plugin socket; then each of HOST_DIRS that `up` created, if nothing but empty folders is left in it.
+clean_host_dirs() {
+  local file id dir
+  for file in /var/lib/cni/results/tda-*-eth0; do
+    [ -e "$file" ] || continue
+    id=${file#/var/lib/cni/results/tda-}
+    id=${id%-eth0}
+    rm -f "$file" "/var/lib/cni/results/cni-loopback-$id-lo"
+  done
+  for file in /var/log/containers/*.log; do
+    [ -L "$file" ] && [[ "$(readlink "$file")" == "$RUN/"* ]] && rm -f "$file"
+  done
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock /etc/cni/net.d/cni.lock
+  for dir in "${HOST_DIRS[@]}"; do
+    [ -d "$dir" ] || continue
+    if [ -f "$RUN/host-dirs.preexisting" ] && ! grep -qx "$dir" "$RUN/host-dirs.preexisting"; then
+      find "$dir" -depth -type d -empty -delete 2>/dev/null || true
+    fi
+  done
 }
 
 restore_sysctls() {
@@ -598,6 +631,24 @@ remove_cgroups() {
   done
 }
 
+# Fails, saying what, if anything of the cluster is left: what `ps`, `mount`, `ip link`, `ip netns`
+# and `iptables-save` would show.
+check_clean() {
+  local left=() pids
+  pids=$(leftover_pids)
+  [ -z "$pids" ] || left+=("processes: $(paste -sd' ' <<<"$pids")")
+  if grep -qE " ($RUN|$CONTAINERD_ROOT)/" /proc/self/mountinfo; then left+=("mounts under $RUN or $CONTAINERD_ROOT"); fi
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then left+=("the bridge $BRIDGE"); fi
+  if ip -o link show type veth 2>/dev/null | grep -q .; then left+=("veths: $(ip -o link show type veth | awk -F': ' '{print $2}' | paste -sd' ')"); fi
+  if ip netns list 2>/dev/null | grep -q '^cni-'; then left+=("network namespaces: $(ip netns list | paste -sd' ')"); fi
+  if { iptables-save; ip6tables-save; } 2>/dev/null | grep -qE 'KUBE-|TDA-'; then left+=("iptables chains KUBE-* or TDA-*"); fi
+  if [ ${#left[@]} -gt 0 ]; then
+    printf 'k8s: left behind after down:\n' >&2
+    printf '  - %s\n' "${left[@]}" >&2
+    return 1
+  fi
+}
+
 # --- commands ------------------------------------------------------------------------------------
 
 check_built() {
@@ -614,6 +665,7 @@ up() {
   mkdir -p "$RUN" "$PIDS" "$LOGS"
   echo "Starting the one-node cluster (logs in $LOGS):"
   save_sysctls
+  save_host_dirs
   make_pki
   write_configs
   make_bridge
@@ -645,9 +697,11 @@ down() {
   unmount_all
   remove_network
   remove_cgroups
+  clean_host_dirs
   restore_sysctls
   # The cluster's state goes with it; images stay in $CONTAINERD_ROOT for the next `up`.
   rm -rf "$RUN"
+  check_clean
   echo "Stopped; nothing of the cluster is left running, mounted or in the network."
 }
 
