@@ -639,7 +639,10 @@ check_clean() {
   [ -z "$pids" ] || left+=("processes: $(paste -sd' ' <<<"$pids")")
   if grep -qE " ($RUN|$CONTAINERD_ROOT)/" /proc/self/mountinfo; then left+=("mounts under $RUN or $CONTAINERD_ROOT"); fi
   if ip link show "$BRIDGE" >/dev/null 2>&1; then left+=("the bridge $BRIDGE"); fi
-  if ip -o link show type veth 2>/dev/null | grep -q .; then left+=("veths: $(ip -o link show type veth | awk -F': ' '{print $2}' | paste -sd' ')"); fi
+  # The bridge plugin names the host ends of pods' veths veth<8 hex digits>.
+  local veths
+  veths=$(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^veth[0-9a-f]{8}$' || true)
+  [ -z "$veths" ] || left+=("veths: $(paste -sd' ' <<<"$veths")")
   if ip netns list 2>/dev/null | grep -q '^cni-'; then left+=("network namespaces: $(ip netns list | paste -sd' ')"); fi
   if { iptables-save; ip6tables-save; } 2>/dev/null | grep -qE 'KUBE-|TDA-'; then left+=("iptables chains KUBE-* or TDA-*"); fi
   if [ ${#left[@]} -gt 0 ]; then

@@ -71,12 +71,35 @@ def cluster() -> None:
         pytest.fail(f"{START_HINT}\n{ready.stdout}{ready.stderr}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
-    """A throwaway namespace, deleted with everything in it when the test ends."""
+    """A throwaway namespace, deleted with everything in it when the module's tests end."""
     name = f"tda-smoke-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
     try:
         yield name
     finally:
         kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False, timeout=90)
+
+
+@pytest.fixture(scope="module")
+def smoke_pod(namespace: str) -> str:
+    """A pod annotated for Dapr, as a user's app would be, whose app does nothing; its name."""
+    pause = f"localhost/k8s/pause:{(BIN / '.pause.version').read_text().strip()}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "smoke",
+            "annotations": {
+                "dapr.io/enabled": "true",
+                "dapr.io/app-id": "smoke",
+                # The API server's pod proxy reaches the sidecar on the pod's address.
+                "dapr.io/sidecar-listen-addresses": "0.0.0.0",
+            },
+        },
+        "spec": {"containers": [{"name": "app", "image": pause, "imagePullPolicy": "Never"}]},
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(pod))
+    kubectl("wait", "pod", "smoke", "-n", namespace, "--for", "condition=Ready", "--timeout", "90s", timeout=100)
+    return "smoke"

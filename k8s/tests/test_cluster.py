@@ -4,13 +4,15 @@ Run by `make k8s-test` against the running cluster. It checks what a user of Dap
 relies on: the API server answers, the node is Ready, `dapr status -k` reports a healthy control
 plane at the pinned version, an annotated pod gets a `daprd` sidecar (with a workload certificate
 from sentry, without which the sidecar does not start) whose metadata API answers and shows it
-connected to placement and the three schedulers, and the cluster's network stays inside this machine.
+connected to placement and the three schedulers, and the cluster's network stays inside this machine
+(a pod can route to pods and Services only, and no rule forwards or NATs to the outside interface).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 from k8s.tests.conftest import DAPR, PINS, ROOT, kubectl, kubectl_json, run, wait_for
 
@@ -63,36 +65,14 @@ def test_every_control_plane_pod_is_ready_and_runs_images_built_here() -> None:
             assert container["image"].endswith(f":{PINS['DAPR_RUNTIME_VERSION']}"), container["image"]
 
 
-def test_an_annotated_pod_gets_a_daprd_sidecar_whose_metadata_answers(namespace: str) -> None:
-    pause = f"localhost/k8s/pause:{(ROOT / '.cache/k8s/bin/.pause.version').read_text().strip()}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "smoke",
-            "annotations": {
-                "dapr.io/enabled": "true",
-                "dapr.io/app-id": "smoke",
-                # The API server's pod proxy reaches the sidecar on the pod's address.
-                "dapr.io/sidecar-listen-addresses": "0.0.0.0",
-            },
-        },
-        "spec": {
-            # The app is a do-nothing process: the test is about its sidecar.
-            "containers": [{"name": "app", "image": pause, "imagePullPolicy": "Never"}],
-        },
-    }
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(pod))
-
-    spec = kubectl_json("get", "pod", "smoke", "-n", namespace)["spec"]
+def test_an_annotated_pod_gets_a_daprd_sidecar_whose_metadata_answers(namespace: str, smoke_pod: str) -> None:
+    spec = kubectl_json("get", "pod", smoke_pod, "-n", namespace)["spec"]
     assert [c["name"] for c in spec["containers"]] == ["app", "daprd"], "the injector added no sidecar"
     assert spec["containers"][1]["image"] == f"localhost/dapr/daprd:{PINS['DAPR_RUNTIME_VERSION']}"
-    kubectl("wait", "pod", "smoke", "-n", namespace, "--for", "condition=Ready", "--timeout", "90s", timeout=100)
 
-    def metadata() -> dict[str, object] | None:
-        done = kubectl(
-            "get", "--raw", f"/api/v1/namespaces/{namespace}/pods/smoke:3500/proxy/v1.0/metadata", check=False
-        )
+    def metadata() -> dict[str, Any] | None:
+        path = f"/api/v1/namespaces/{namespace}/pods/{smoke_pod}:3500/proxy/v1.0/metadata"
+        done = kubectl("get", "--raw", path, check=False)
         return json.loads(done.stdout) if done.returncode == 0 else None
 
     answer = wait_for(metadata, 30, "the sidecar's metadata API")
@@ -101,8 +81,25 @@ def test_an_annotated_pod_gets_a_daprd_sidecar_whose_metadata_answers(namespace:
     assert answer["actorRuntime"]["placement"] == "placement: connected", answer
     assert len(answer["scheduler"]["connected_addresses"]) == 3, answer
     # In Kubernetes mode the sidecar starts only with a workload certificate from sentry (mTLS).
-    logs = kubectl("logs", "smoke", "-n", namespace, "-c", "daprd").stdout
+    logs = kubectl("logs", smoke_pod, "-n", namespace, "-c", "daprd").stdout
     assert "Security is initialized successfully" in logs, logs[-2000:]
+
+
+def test_a_pod_has_routes_to_the_pods_and_services_only(namespace: str, smoke_pod: str) -> None:
+    pod_ip = kubectl_json("get", "pod", smoke_pod, "-n", namespace)["status"]["podIP"]
+    netns_dir = ROOT / ".run/k8s/containerd/io.containerd.grpc.v1.cri/netns"
+
+    def in_pod(*command: str) -> str:
+        for netns in netns_dir.iterdir():
+            addresses = run("nsenter", f"--net={netns}", "ip", "-4", "-o", "addr", "show", "dev", "eth0", check=False)
+            if f"inet {pod_ip}/" in addresses.stdout:
+                return run("nsenter", f"--net={netns}", *command).stdout
+        raise AssertionError(f"no network namespace under {netns_dir} has {pod_ip}")
+
+    routes = sorted(
+        line.split(" proto")[0].split(" scope")[0].strip() for line in in_pod("ip", "-4", "route").splitlines()
+    )
+    assert routes == ["10.244.0.0/24 dev eth0", "10.96.0.0/16 via 10.244.0.1 dev eth0"], routes
 
 
 def test_the_cluster_is_kept_inside_this_machine() -> None:
