@@ -47,7 +47,7 @@ DAPR_NAMESPACE=dapr-system
 # Our iptables chain: first in FORWARD, it keeps pods' traffic on the bridge.
 ISOLATION_CHAIN=TDA-ISOLATION
 # Folders outside the project that the kubelet, containerd and the CNI plugins write to whatever
-# they are told: `down` removes what the cluster put there, and each folder if `up` created it.
+# they are told: `down` removes what the cluster put there, then each of them that is left empty.
 HOST_DIRS=(/var/lib/kubelet /var/lib/cni /var/log/containers /var/log/pods /etc/cni /run/containerd)
 # Processes in start order; `down` stops them in reverse.
 SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
@@ -400,14 +400,8 @@ set_sysctls() {
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
 }
 
-save_host_dirs() {
-  [ -f "$RUN/host-dirs.preexisting" ] && return
-  local dir
-  for dir in "${HOST_DIRS[@]}"; do [ ! -e "$dir" ] || echo "$dir"; done >"$RUN/host-dirs.preexisting"
-}
-
 # The CNI plugins' cache of our pods' results, the kubelet's links to our pods' logs and its device
-# plugin socket; then each of HOST_DIRS that `up` created, if nothing but empty folders is left in it.
+# plugin socket; then each of HOST_DIRS that holds nothing but empty folders.
 clean_host_dirs() {
   local file id dir
   for file in /var/lib/cni/results/tda-*-eth0; do
@@ -417,14 +411,11 @@ clean_host_dirs() {
     rm -f "$file" "/var/lib/cni/results/cni-loopback-$id-lo"
   done
   for file in /var/log/containers/*.log; do
-    [ -L "$file" ] && [[ "$(readlink "$file")" == "$RUN/"* ]] && rm -f "$file"
+    if [ -L "$file" ] && [[ "$(readlink "$file")" == "$RUN/"* ]]; then rm -f "$file"; fi
   done
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock /etc/cni/net.d/cni.lock
   for dir in "${HOST_DIRS[@]}"; do
-    [ -d "$dir" ] || continue
-    if [ -f "$RUN/host-dirs.preexisting" ] && ! grep -qx "$dir" "$RUN/host-dirs.preexisting"; then
-      find "$dir" -depth -type d -empty -delete 2>/dev/null || true
-    fi
+    if [ -d "$dir" ]; then find "$dir" -depth -type d -empty -delete 2>/dev/null || true; fi
   done
 }
 
@@ -668,7 +659,6 @@ up() {
   mkdir -p "$RUN" "$PIDS" "$LOGS"
   echo "Starting the one-node cluster (logs in $LOGS):"
   save_sysctls
-  save_host_dirs
   make_pki
   write_configs
   make_bridge
