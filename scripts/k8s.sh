@@ -228,6 +228,9 @@ evictionHard: {memory.available: 200Mi, nodefs.available: 2%, imagefs.available:
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 serializeImagePulls: false
+# Pods see a changed Secret in their volumes within seconds, not a minute: on a first install, Dapr's
+# sentry waits for the trust bundle it has just written to appear in its own volume.
+syncFrequency: 10s
 podLogsDir: $RUN/pod-logs
 EOF
 }
@@ -496,6 +499,10 @@ install_cluster_addons() {
 install_dapr() {
   local chart
   chart=$(dapr_chart)
+  # Helm would create the chart's CRDs in the same breath as the pods that read them, and sentry
+  # exits if its Configuration's CRD is not served yet: create them first and wait until they are.
+  kubectl apply --server-side -f "$chart/crds" >/dev/null
+  kubectl wait crd --all --for condition=Established --timeout 60s >/dev/null
   "$BIN/helm" upgrade --install dapr "$chart" --namespace "$DAPR_NAMESPACE" --create-namespace \
     --set global.registry=localhost/dapr --set global.tag="$DAPR_RUNTIME_VERSION" \
     --set global.imagePullPolicy=Never --set global.ha.enabled=false \
