@@ -17,6 +17,8 @@
 # the next `up` starts a new cluster (containerd's image store in .cache/k8s/containerd is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A node needs root: network namespaces, a bridge, iptables, mounts, cgroups.
+if [ "$(id -u)" -ne 0 ]; then exec sudo "$PWD/scripts/k8s.sh" "$@"; fi
 # shellcheck source=../versions.env
 source versions.env
 
@@ -537,8 +539,8 @@ wait_node_ready() {
 
 # --- teardown ------------------------------------------------------------------------------------
 
-# Stops and removes every pod sandbox and container containerd runs for the cluster, so that their
-# shims exit and the CNI plugin takes down their veths; what is left is cleaned below regardless.
+# Kills and removes every container and pod sandbox containerd runs for the cluster, so that their
+# shims exit. Their network namespaces, veths and mounts go in the steps after this one.
 remove_containers() {
   [ -S "$CONTAINERD_SOCK" ] && healthy containerd || return 0
   local id
@@ -555,7 +557,7 @@ remove_containers() {
 }
 
 # Processes left of the cluster (containerd shims, containers' processes): those whose command
-# line or working folder names our run folder or whose cgroup is one of the kubelet's pods.
+# line names our run folder or whose cgroup is one of the kubelet's pods.
 leftover_pids() {
   local proc pid
   for proc in /proc/[0-9]*; do
