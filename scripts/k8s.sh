@@ -556,29 +556,36 @@ remove_containers() {
   done
 }
 
-# Processes left of the cluster (containerd shims, containers' processes): those whose command
-# line names our run folder or whose cgroup is one of the kubelet's pods.
-leftover_pids() {
-  local proc pid
+# Processes left of the cluster's pods: containerd's shims and whatever runs in a pod's cgroup.
+pod_pids() {
+  local proc
   for proc in /proc/[0-9]*; do
-    pid=${proc#/proc/}
-    [ "$pid" != $$ ] || continue
-    if tr '\0' ' ' 2>/dev/null <"$proc/cmdline" | grep -qF "$RUN/" ||
+    if tr '\0' ' ' 2>/dev/null <"$proc/cmdline" | grep -qF "$CONTAINERD_SOCK" ||
       grep -q ':/kubepods' "$proc/cgroup" 2>/dev/null; then
-      echo "$pid"
+      echo "${proc#/proc/}"
     fi
   done
 }
 
-kill_leftovers() {
+# Processes left of the cluster: those of its pods and any whose command line names our run folder.
+leftover_pids() {
+  local proc
+  pod_pids
+  for proc in /proc/[0-9]*; do
+    if tr '\0' ' ' 2>/dev/null <"$proc/cmdline" | grep -qF "$RUN/"; then echo "${proc#/proc/}"; fi
+  done
+}
+
+# Stops the processes that `$1` lists, by pid: SIGTERM, then SIGKILL for those still there 2 s later.
+kill_listed() {
   local pids
-  pids=$(leftover_pids)
+  pids=$("$1" | grep -vx "$$" | sort -u || true)
   [ -n "$pids" ] || return 0
-  log "stopping leftover processes: $(tr '\n' ' ' <<<"$pids")"
+  log "stopping leftover processes: $(paste -sd' ' <<<"$pids")"
   # shellcheck disable=SC2086
   kill $pids 2>/dev/null || true
   sleep 2
-  pids=$(leftover_pids)
+  pids=$("$1" | grep -vx "$$" | sort -u || true)
   # shellcheck disable=SC2086
   [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
 }
@@ -635,7 +642,7 @@ remove_cgroups() {
 # and `iptables-save` would show.
 check_clean() {
   local left=() pids
-  pids=$(leftover_pids)
+  pids=$(leftover_pids | grep -vx "$$" | sort -u || true)
   [ -z "$pids" ] || left+=("processes: $(paste -sd' ' <<<"$pids")")
   if grep -qE " ($RUN|$CONTAINERD_ROOT)/" /proc/self/mountinfo; then left+=("mounts under $RUN or $CONTAINERD_ROOT"); fi
   if ip link show "$BRIDGE" >/dev/null 2>&1; then left+=("the bridge $BRIDGE"); fi
@@ -693,9 +700,11 @@ down() {
   stop kube-proxy
   stop kubelet
   remove_containers
+  # Pods that outlived their containerd (if it had crashed), before the API server they watch.
+  kill_listed pod_pids
   local i
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop "${SERVICES[i]}"; done
-  kill_leftovers
+  kill_listed leftover_pids
   unmount_all
   remove_network
   remove_cgroups
