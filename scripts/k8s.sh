@@ -373,6 +373,9 @@ make_bridge() {
   fi
   ip addr replace "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  # The machine itself reaches Services through the bridge too: without this route, a packet to a
+  # Service address that kube-proxy does not translate would follow the default route out.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
   # Routing between pods and Services happens on this bridge only: forwarding is switched on for
   # packets that come in on tda0, never globally, and the chain below drops any that would leave it.
   sysctl -qw "net.ipv4.conf.$BRIDGE.forwarding=1"
@@ -450,6 +453,9 @@ check_isolation() {
       problems+=("an iptables rule forwards traffic from $iface into the cluster")
     fi
   done
+  if ! ip -4 route show "$SERVICE_CIDR" | grep -q "dev $BRIDGE"; then
+    problems+=("no route from this machine to the Services ($SERVICE_CIDR) through $BRIDGE")
+  fi
   if ! iptables -w -S FORWARD | sed -n 2p | grep -q -- "-j $ISOLATION_CHAIN\$"; then
     problems+=("$ISOLATION_CHAIN is not the first rule of FORWARD")
   fi

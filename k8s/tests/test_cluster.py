@@ -106,3 +106,16 @@ def test_the_cluster_is_kept_inside_this_machine() -> None:
     check = subprocess.run([str(ROOT / "scripts" / "k8s.sh"), "check"], capture_output=True, text=True, check=False)
 
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_isolation_check_fails_on_a_rule_that_would_nat_pods_to_the_outside() -> None:
+    outside = run("ip", "-4", "route", "show", "default").stdout.split(" dev ")[1].split()[0]
+    rule = ["-t", "nat", "-I", "POSTROUTING", "-s", "10.244.0.0/24", "-o", outside, "-j", "MASQUERADE"]
+    run("iptables", "-w", *rule)
+    try:
+        check = subprocess.run([str(ROOT / "scripts" / "k8s.sh"), "check"], capture_output=True, text=True, check=False)
+    finally:
+        run("iptables", "-w", *(["-D" if part == "-I" else part for part in rule]))
+
+    assert check.returncode != 0, check.stdout
+    assert f"an iptables rule sends traffic out of {outside}" in check.stderr, check.stderr
