@@ -5,7 +5,8 @@ relies on: the API server answers, the node is Ready, `dapr status -k` reports a
 plane at the pinned version, an annotated pod gets a `daprd` sidecar (with a workload certificate
 from sentry, without which the sidecar does not start) whose metadata API answers and shows it
 connected to placement and the three schedulers, and the cluster's network stays inside this machine
-(a pod can route to pods and Services only, and no rule forwards or NATs to the outside interface).
+(a pod can route to pods and Services only, no rule forwards or NATs to the outside interface, and
+the check that says so fails when such a rule is planted).
 """
 
 from __future__ import annotations
