@@ -26,6 +26,7 @@ DAPR_IMAGE_REGISTRY=localhost/dapr
 CLUSTER_IMAGE_REGISTRY=localhost/k8s
 # The chart runs every Dapr container as non-root; the images say which user.
 IMAGE_UID=65532
+wanted_archives=()
 
 # True when piece $1 was built at version $2.
 built() {
@@ -150,6 +151,7 @@ build_image() {
   local image=$1 binary=$2 archive name container stamp
   name=$(basename "${image%:*}")
   archive="$K8S_IMAGES/$(tr '/:' '__' <<<"$image").oci.tar"
+  wanted_archives+=("$archive")
   stamp="$(sha256sum "$binary" | cut -c1-16) uid=$IMAGE_UID"
   if [ -f "$archive" ] && [ "$(cat "$archive.stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "    $image is current"
@@ -181,7 +183,8 @@ buildah_() {
 
 build_images() {
   mkdir -p "$K8S_IMAGES"
-  local name
+  local name archive
+  wanted_archives=()
   for name in operator sentry injector; do
     build_image "$DAPR_IMAGE_REGISTRY/$name:$DAPR_RUNTIME_VERSION" "$K8S_BIN/$name"
   done
@@ -190,6 +193,13 @@ build_images() {
   done
   build_image "$CLUSTER_IMAGE_REGISTRY/pause:$(cat "$K8S_BIN/.pause.version")" "$K8S_BIN/pause"
   build_image "$CLUSTER_IMAGE_REGISTRY/coredns:$COREDNS_VERSION" "$K8S_BIN/coredns"
+  # Archives of earlier versions of these images: `scripts/k8s.sh up` imports every archive here.
+  for archive in "$K8S_IMAGES"/{localhost_dapr_,localhost_k8s_}*.oci.tar; do
+    if [ -e "$archive" ] && ! printf '%s\n' "${wanted_archives[@]}" | grep -qxF "$archive"; then
+      rm -f "$archive" "$archive.stamp"
+      echo "    removed $(basename "$archive") (an earlier version)"
+    fi
+  done
 }
 
 k8s_build_main() {
