@@ -508,8 +508,11 @@ install_dapr() {
   local chart
   chart=$(dapr_chart)
   # Helm would create the chart's CRDs in the same breath as the pods that read them, and sentry
-  # exits if its Configuration's CRD is not served yet: create them first and wait until they are.
-  kubectl apply --server-side -f "$chart/crds" >/dev/null
+  # exits if its Configuration's CRD is not served yet: on a first install, create them first and
+  # wait until they are. (Once installed, Helm and the operator manage them.)
+  if ! kubectl get crd configurations.dapr.io >/dev/null 2>&1; then
+    kubectl create -f "$chart/crds" >/dev/null
+  fi
   kubectl wait crd --all --for condition=Established --timeout 60s >/dev/null
   "$BIN/helm" upgrade --install dapr "$chart" --namespace "$DAPR_NAMESPACE" --create-namespace \
     --set global.registry=localhost/dapr --set global.tag="$DAPR_RUNTIME_VERSION" \

@@ -6,7 +6,7 @@ plane at the pinned version, an annotated pod gets a `daprd` sidecar (with a wor
 from sentry, without which the sidecar does not start) whose metadata API answers and shows it
 connected to placement and the three schedulers, and the cluster's network stays inside this machine
 (a pod can route to pods and Services only, no rule forwards or NATs to the outside interface, and
-the check that says so fails when such a rule is planted).
+the check that says so fails when such a rule is planted). `make k8s-up` again changes nothing.
 """
 
 from __future__ import annotations
@@ -120,3 +120,24 @@ def test_the_isolation_check_fails_on_a_rule_that_would_nat_pods_to_the_outside(
 
     assert check.returncode != 0, check.stdout
     assert f"an iptables rule sends traffic out of {outside}" in check.stderr, check.stderr
+
+
+def test_k8s_up_again_on_a_running_cluster_changes_nothing() -> None:
+    def control_plane() -> dict[str, tuple[str, int]]:
+        pods = kubectl_json("get", "pods", "-n", DAPR_NAMESPACE)["items"]
+        return {
+            p["metadata"]["name"]: (
+                p["metadata"]["uid"],
+                sum(c["restartCount"] for c in p["status"]["containerStatuses"]),
+            )
+            for p in pods
+        }
+
+    before = control_plane()
+    again = subprocess.run(
+        [str(ROOT / "scripts" / "k8s.sh"), "up"], capture_output=True, text=True, check=False, timeout=300
+    )
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("already running") == 7, again.stdout
+    assert control_plane() == before
