@@ -8,10 +8,10 @@ export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 # dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (README, "Traces").
 export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
-.PHONY: help setup up down status run serve test lint bench images
+.PHONY: help setup up down status run serve test lint bench images k8s-up k8s-down k8s-status k8s-test
 
 help: ## List the targets
-	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin, Chromium (idempotent)
 	@scripts/setup.sh
@@ -43,3 +43,17 @@ images: setup up ## Run the one-shot and screenshot it and its Zipkin trace into
 
 lint: ## ruff on the Python code
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+k8s-up: ## Build (cached) and start a one-node Kubernetes with Dapr's control plane (README, "On Kubernetes")
+	@nice -n 19 scripts/k8s-build.sh
+	@scripts/k8s.sh up
+
+k8s-down: ## Stop that cluster and remove everything it left: processes, mounts, network, state
+	@scripts/k8s.sh down
+
+k8s-status: ## Show the cluster's processes, node and pods, and check it is kept inside this machine
+	@scripts/k8s.sh status
+
+k8s-test: ## Smoke-test the running cluster: API, node, Dapr control plane, a pod with an injected sidecar
+	@scripts/setup.sh python >/dev/null
+	$(VENV)/bin/python -m pytest k8s/tests $(PYTEST_ARGS)

@@ -217,4 +217,5 @@ main() {
   echo "setup complete in $((SECONDS - started))s"
 }
 
-main "$@"
+# scripts/k8s-build.sh sources this file for its helpers.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

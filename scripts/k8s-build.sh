@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Builds what the one-node Kubernetes of `make k8s-up` runs, from registries only (no GitHub, no Docker):
+#   packages    etcd, containerd, runc, CNI plugins, buildah, iptables from Debian packages
+#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
+#               from the Go module proxy through tools/kubernetes/go.mod
+#   helm        the Helm CLI from the Go module proxy
+#   coredns     cluster DNS from the Go module proxy
+#   dapr        operator, sentry and sidecar injector through tools/dapr/go.mod (daprd, placement and
+#               scheduler come from `scripts/setup.sh dapr`, which this runs first)
+#   pause       the pod sandbox process, tools/pause
+#   images      one FROM scratch image per binary, built with buildah into OCI archives
+# Binaries go to .cache/k8s/bin, images to .cache/k8s/images; each piece is skipped when its version
+# stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`.
+# Usage: scripts/k8s-build.sh [step ...]   (default: all steps)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=setup.sh
+source scripts/setup.sh
+
+K8S_CACHE="$PWD/.cache/k8s"
+K8S_BIN="$K8S_CACHE/bin"
+K8S_IMAGES="$K8S_CACHE/images"
+K8S_BUILD="$K8S_CACHE/build"
+# Every image is <registry>/<name>:<tag>, as Dapr's Helm chart composes them from global.registry/tag.
+DAPR_IMAGE_REGISTRY=localhost/dapr
+CLUSTER_IMAGE_REGISTRY=localhost/k8s
+# The chart runs every Dapr container as non-root; the images say which user.
+IMAGE_UID=65532
+wanted_archives=()
+
+# True when piece $1 was built at version $2.
+built() {
+  [ "$(cat "$K8S_BIN/.$1.version" 2>/dev/null)" = "$2" ]
+}
+
+mark_built() {
+  echo "$2" >"$K8S_BIN/.$1.version"
+}
+
+build_packages() {
+  local -a wanted=(etcd-server containerd runc containernetworking-plugins buildah iptables)
+  local -a missing=() package
+  for package in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "    ${wanted[*]} installed"
+    return
+  fi
+  as_root apt-get update -qq
+  # RUNLEVEL=1 keeps the packages from starting system-wide etcd or containerd; k8s.sh runs its own.
+  with_heartbeat "apt-get install ${missing[*]}" .cache/apt-k8s.log \
+    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+module_dir() {
+  go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
+}
+
+build_kubernetes() {
+  local version="v$KUBERNETES_VERSION" staging_version module go_mod="$K8S_BUILD/kubernetes.go.mod"
+  if built kubernetes "$version"; then
+    echo "    kubernetes $version already in $K8S_BIN"
+    return
+  fi
+  # The staging modules (k8s.io/api, client-go, ...) are tagged v0.<minor>.<patch> for v1.<minor>.<patch>.
+  staging_version="v0.${KUBERNETES_VERSION#*.}"
+  echo "    building kubernetes $version from Go modules (cold: ~17 CPU-minutes; staging modules at $staging_version)"
+  mkdir -p "$K8S_BUILD" "$K8S_BIN"
+  cp tools/kubernetes/go.mod "$go_mod"
+  for module in $(sed -n 's|^\t\(k8s.io/[^ ]*\) => ./staging/.*|\1|p' "$(module_dir "k8s.io/kubernetes@$version")/go.mod"); do
+    go mod edit -replace="$module=$module@$staging_version" "$go_mod"
+  done
+  local ldflags="" package
+  for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $package.gitVersion=$version -X $package.gitMajor=${KUBERNETES_VERSION%%.*}"
+    ldflags+=" -X $package.gitMinor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION") -X $package.gitTreeState=clean"
+  done
+  go_build_pinned "$K8S_BUILD/kubernetes" "${go_mod#"$PWD"/}" "$ldflags" "k8s.io/kubernetes@$version" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
+  install -m 0755 "$K8S_BUILD"/kubernetes/bin/* "$K8S_BIN/"
+  mark_built kubernetes "$version"
+}
+
+build_helm() {
+  local version="v$HELM_VERSION" staging_version="v0.${KUBERNETES_VERSION#*.}" module
+  if built helm "$version"; then
+    echo "    helm $version already in $K8S_BIN"
+    return
+  fi
+  # Helm pins k8s.io modules the proxy here does not all serve; the ones the cluster runs do build.
+  local requirements="helm.sh/helm/v3@$version"
+  for module in api apiextensions-apiserver apimachinery apiserver cli-runtime client-go component-base kubectl; do
+    requirements+=" k8s.io/$module@$staging_version"
+  done
+  mkdir -p "$K8S_BIN"
+  go_build_pinned "$K8S_BUILD/helm" "" "-X helm.sh/helm/v3/internal/version.version=$version" \
+    "$requirements" helm.sh/helm/v3/cmd/helm
+  install -m 0755 "$K8S_BUILD/helm/bin/helm" "$K8S_BIN/"
+  mark_built helm "$version"
+}
+
+build_coredns() {
+  local version="v$COREDNS_VERSION"
+  if built coredns "$version"; then
+    echo "    coredns $version already in $K8S_BIN"
+    return
+  fi
+  mkdir -p "$K8S_BIN"
+  go_build_pinned "$K8S_BUILD/coredns" "" "-X github.com/coredns/coredns/coremain.GitCommit=$version" \
+    "github.com/coredns/coredns@$version" github.com/coredns/coredns
+  install -m 0755 "$K8S_BUILD/coredns/bin/coredns" "$K8S_BIN/"
+  mark_built coredns "$version"
+}
+
+build_dapr() {
+  local version="v$DAPR_RUNTIME_VERSION"
+  # daprd, placement and scheduler: the same binaries the local stack runs.
+  scripts/setup.sh dapr | sed 's/^/  /'
+  if built dapr-control-plane "$version"; then
+    echo "    dapr operator, sentry, injector $version already in $K8S_BIN"
+    return
+  fi
+  mkdir -p "$K8S_BIN"
+  go_build_pinned "$K8S_BUILD/dapr" tools/dapr/go.mod \
+    "-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION" \
+    "github.com/dapr/dapr@$version" -tags allcomponents \
+    github.com/dapr/dapr/cmd/operator github.com/dapr/dapr/cmd/sentry github.com/dapr/dapr/cmd/injector
+  install -m 0755 "$K8S_BUILD"/dapr/bin/{operator,sentry,injector} "$K8S_BIN/"
+  mark_built dapr-control-plane "$version"
+}
+
+build_pause() {
+  local version
+  version=$(cat tools/pause/*.go tools/pause/go.mod | sha256sum | cut -c1-12)
+  if built pause "$version"; then
+    echo "    pause $version already in $K8S_BIN"
+    return
+  fi
+  mkdir -p "$K8S_BIN"
+  (cd tools/pause && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/pause" .)
+  mark_built pause "$version"
+}
+
+# Builds image $1 (registry/name:tag) FROM scratch around binary $2: entrypoint /<name>, CA certificates,
+# a writable /tmp and a numeric non-root user, then writes it as an OCI archive for `ctr images import`.
+# buildah keeps its layers in a project-owned vfs store: nothing is mounted, nothing needs a runtime.
+build_image() {
+  local image=$1 binary=$2 archive name container stamp
+  name=$(basename "${image%:*}")
+  archive="$K8S_IMAGES/$(tr '/:' '__' <<<"$image").oci.tar"
+  wanted_archives+=("$archive")
+  stamp="$(sha256sum "$binary" | cut -c1-16) uid=$IMAGE_UID"
+  if [ -f "$archive" ] && [ "$(cat "$archive.stamp" 2>/dev/null)" = "$stamp" ]; then
+    echo "    $image is current"
+    return
+  fi
+  local rootfs="$K8S_BUILD/rootfs-$name"
+  rm -rf "$rootfs" && mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp"
+  chmod 1777 "$rootfs/tmp"
+  install -m 0755 "$binary" "$rootfs/$name"
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+  printf 'root:x:0:0::/:/%s\nnonroot:x:%s:%s::/tmp:/%s\n' "$name" "$IMAGE_UID" "$IMAGE_UID" "$name" >"$rootfs/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:%s:\n' "$IMAGE_UID" >"$rootfs/etc/group"
+  container=$(buildah_ from scratch)
+  buildah_ copy --quiet "$container" "$rootfs" / >/dev/null
+  buildah_ config --entrypoint "[\"/$name\"]" --user "$IMAGE_UID:$IMAGE_UID" --workingdir / \
+    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$container"
+  buildah_ commit --quiet --rm "$container" "$image" >/dev/null
+  rm -f "$archive"
+  buildah_ push --quiet "$image" "oci-archive:$archive:$image"
+  buildah_ rmi "$image" >/dev/null
+  echo "$stamp" >"$archive.stamp"
+  rm -rf "$rootfs"
+  echo "    $image: $(du -h "$archive" | cut -f1)"
+}
+
+buildah_() {
+  buildah --root "$K8S_CACHE/containers/storage" --runroot "$K8S_CACHE/containers/run" --storage-driver vfs "$@"
+}
+
+build_images() {
+  mkdir -p "$K8S_IMAGES"
+  local name archive
+  wanted_archives=()
+  for name in operator sentry injector; do
+    build_image "$DAPR_IMAGE_REGISTRY/$name:$DAPR_RUNTIME_VERSION" "$K8S_BIN/$name"
+  done
+  for name in daprd placement scheduler; do
+    build_image "$DAPR_IMAGE_REGISTRY/$name:$DAPR_RUNTIME_VERSION" "$DAPR_BIN/$name"
+  done
+  build_image "$CLUSTER_IMAGE_REGISTRY/pause:$(cat "$K8S_BIN/.pause.version")" "$K8S_BIN/pause"
+  build_image "$CLUSTER_IMAGE_REGISTRY/coredns:$COREDNS_VERSION" "$K8S_BIN/coredns"
+  # Archives of earlier versions of these images: `scripts/k8s.sh up` imports every archive here.
+  for archive in "$K8S_IMAGES"/{localhost_dapr_,localhost_k8s_}*.oci.tar; do
+    if [ -e "$archive" ] && ! printf '%s\n' "${wanted_archives[@]}" | grep -qxF "$archive"; then
+      rm -f "$archive" "$archive.stamp"
+      echo "    removed $(basename "$archive") (an earlier version)"
+    fi
+  done
+}
+
+k8s_build_main() {
+  mkdir -p .cache
+  local steps=("$@")
+  [ ${#steps[@]} -gt 0 ] || steps=(packages kubernetes helm coredns dapr pause images)
+  local started=$SECONDS name
+  for name in "${steps[@]}"; do
+    case "$name" in
+      packages) step "debian packages" build_packages ;;
+      kubernetes) step "kubernetes $KUBERNETES_VERSION" build_kubernetes ;;
+      helm) step "helm $HELM_VERSION" build_helm ;;
+      coredns) step "coredns $COREDNS_VERSION" build_coredns ;;
+      dapr) step "dapr control plane $DAPR_RUNTIME_VERSION" build_dapr ;;
+      pause) step "pause" build_pause ;;
+      images) step "images" build_images ;;
+      *) echo "k8s-build: unknown step '$name'" >&2; exit 2 ;;
+    esac
+  done
+  echo "k8s build complete in $((SECONDS - started))s"
+}
+
+k8s_build_main "$@"

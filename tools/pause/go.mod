@@ -1,0 +1,4 @@
+// The pod sandbox ("pause") process: holds a pod's namespaces open and reaps orphaned children.
+module tiniest-durable-agent/tools/pause
+
+go 1.24.0
