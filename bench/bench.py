@@ -521,11 +521,11 @@ are the test LLM's count over the {plan.sequential_runs} runs one at a time.
 {chr(10).join(before_after_rows)}
 
 At 0 ms LLM the summary costs one activity ({summary_step:.0f} ms median in the "before" runs'
-histories) and one more workflow turn (turns {summarizing_turns:.0f} ms in all, against {turns:.0f}), and the
-p50s differ by {before[0.0].p50_ms - after[0.0].p50_ms:.0f} ms: a tenth or so of a run, less than the 40 ms
-this p50 has moved between whole runs of `make bench`, so an A/B of a few runs each cannot tell it
-from noise. The step's CPU shows instead in throughput with runs in flight. With a real LLM the
-second call costs a whole LLM latency, and tokens.
+histories) and one more workflow turn (turns {summarizing_turns:.0f} ms in all, against {turns:.0f}); the p50s
+differ by {before[0.0].p50_ms - after[0.0].p50_ms:.0f} ms in this run. This p50 has moved by 40 ms and more
+between whole runs of `make bench` on this machine, so an A/B of a few runs each cannot tell a step
+of this size from noise; its CPU shows more steadily, in throughput with runs in flight. With a real
+LLM the second call costs a whole LLM latency, and tokens.
 
 ## Side by side (0 ms LLM)
 
