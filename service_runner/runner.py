@@ -48,7 +48,7 @@ class ServiceRunner(AgentRunner):
         if not agent.tools:  # answers to tools' questions and approvals of tool calls: none to give
             _remove_routes(app, lambda path: path == "/run/input" or path.startswith("/hitl/"))
         _replace_route(app, "/run", self._start_run(agent))
-        _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate(agent))
+        _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
@@ -98,7 +98,7 @@ class ServiceRunner(AgentRunner):
             raise HTTPException(422, "this Idempotency-Key was used for another task; use a new key")
         return instance_id, True
 
-    def _terminate(self, agent: DurableAgent) -> Callable[..., Any]:
+    def _terminate(self) -> Callable[..., Any]:
         async def terminate(instance_id: str) -> dict[str, str]:
             """End a run that has not ended: its workflow stops, and no step after it runs."""
             state = await self._existing_run(instance_id)

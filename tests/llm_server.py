@@ -83,7 +83,8 @@ class FakeOpenAI:
 def _structured_reply(body: dict[str, Any]) -> str | None:
     """A JSON object for a request that asks for one with response_format, as a real model gives.
 
-    dapr-agents asks for a ConversationSummary ({"summary": string}) after every run.
+    dapr-agents asks for a ConversationSummary ({"summary": string}) after every run when the agent's
+    memory is on, as in the benchmark's "before" service.
     """
     response_format = body.get("response_format") or {}
     if response_format.get("type") != "json_schema":
