@@ -142,7 +142,7 @@ stop() {
   pid=$(running_pid "$name")
   rm -f "$PID_DIR/$name.pid"
   [ -n "$pid" ] || return 0
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true  # it may have exited since running_pid looked
   for _ in $(seq 50); do
     kill -0 "$pid" 2>/dev/null || { echo "  $name: stopped (pid $pid)"; return; }
     sleep 0.2
