@@ -72,12 +72,6 @@ ONE_SHOT_PHASES = ("sidecar ready", "agent ready", "first LLM request", "exit")
 
 
 @dataclass(frozen=True)
-class Figures:
-    p50_ms: float  # one run at a time, 0 ms LLM
-    runs_per_s: float  # at the plan's highest concurrency, 0 ms LLM
-
-
-@dataclass(frozen=True)
 class PerTask:
     """What one task costs a service, at one LLM latency."""
 
@@ -255,8 +249,10 @@ VARIANTS = {
 }
 
 
-def measure_variant(change: Callable[[dict, Path], None], env: dict[str, str], plan: Plan, work: Path) -> Figures:
-    """The service with this repository's configuration changed by `change`: p50 ms and runs/s."""
+def measure_variant(
+    change: Callable[[dict, Path], None], env: dict[str, str], llm: LLMServer, plan: Plan, work: Path
+) -> PerTask:
+    """The service with this repository's configuration changed by `change`, at 0 ms LLM."""
     config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
     resources = work / "resources"
     shutil.rmtree(resources, ignore_errors=True)
@@ -270,12 +266,9 @@ def measure_variant(change: Callable[[dict, Path], None], env: dict[str, str], p
     try:
         service.wait_until_ready(SERVICE_URL)
         timed_run()
-        p50 = statistics.median(timed_run()[1] for _ in range(plan.sequential_runs)) * 1000
-        level = max(plan.concurrency)
-        rate = statistics.median(throughput(level, runs_at(plan, level)) for _ in range(plan.repeats))
+        return per_task(llm, plan)
     finally:
         service.stop()
-    return Figures(p50, rate)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -354,19 +347,17 @@ def main() -> None:
         keys_per_run = (int(redis_cli("dbsize")) - keys_before) / plan.storage_runs
         stored = stored_per_run(instance_ids)
         top = max(plan.concurrency)
-        side_by_side = {
-            "this repository": Figures(medians[0.0][1], dict(levels[0.0])[top]),
-        }
         one_call = {
             latency: PerTask(medians[latency][1], dict(levels[latency])[top], calls_per_run[latency])
             for latency in plan.latencies_s
         }
+        side_by_side = {"this repository": one_call[0.0]}
     finally:
         service.stop()
     llm.state.latency_s = 0.0
     with tempfile.TemporaryDirectory() as work:
         for name, change in VARIANTS.items():
-            side_by_side[name] = measure_variant(change, env, plan, Path(work))
+            side_by_side[name] = measure_variant(change, env, llm, plan, Path(work))
         summarizing, summarizing_split = measure_summarizing(env, llm, plan, Path(work))
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
     imports = [import_seconds() for _ in range(plan.one_shots)]
@@ -399,7 +390,7 @@ def write_results(
     split: dict[str, float],
     cpu_ms: dict[str, float],
     levels: dict[float, list[tuple[int, float]]],
-    side_by_side: dict[str, Figures],
+    side_by_side: dict[str, PerTask],
     memory: dict[str, float],
     bytes_per_run: float,
     keys_per_run: float,

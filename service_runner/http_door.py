@@ -53,11 +53,7 @@ class HttpDoor:
         if path in TASK_ROUTES and method == "POST":
             if path == "/run" and b"idempotency-key" in headers:
                 _check_idempotency_key(headers[b"idempotency-key"])
-            body = await _read_task(headers, receive)
-            if path == "/run/stream":
-                # Dapr's Conversation API answers whole, not in deltas: put the answer in the stream.
-                body = json.dumps({**json.loads(body), "include_complete_message": True}).encode()
-            return _replay(body, receive)
+            return _replay(await _read_task(headers, receive), receive)
         run_route = RUN_ROUTE.fullmatch(path)
         if run_route is None:
             return receive

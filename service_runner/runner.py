@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +52,10 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
+
+    def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
+        """Dapr's Conversation API answers whole, not in deltas: the stream carries the answer."""
+        return super().run_stream(agent, payload, **{**options, "include_complete_message": True})
 
     def shutdown(self, agent: DurableAgent | None = None) -> None:
         super().shutdown(agent)

@@ -295,10 +295,10 @@ def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-servic
 
 
 def publish_data(
-    data: str, env: dict[str, str], via_app: str = "durable-agent-service"
+    data: str, env: dict[str, str], via_app: str = "durable-agent-service", raw: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """The README's `dapr publish`, with `data` sent in place of its task."""
-    arguments = shlex.split(readme_command("dapr publish --publish-app-id"))
+    """The README's `dapr publish`, with `data` sent in place of its task; `raw`, its raw-payload one."""
+    arguments = shlex.split(readme_command("dapr publish --metadata" if raw else "dapr publish --publish-app-id"))
     arguments[arguments.index("--publish-app-id") + 1] = via_app
     arguments[arguments.index("--data") + 1] = data
     return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -6,8 +6,6 @@ import collections
 import itertools
 import json
 import re
-import shlex
-import subprocess
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +27,6 @@ from tests.conftest import (
     post_run,
     publish,
     publish_data,
-    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
@@ -319,10 +316,7 @@ def test_a_raw_payload_the_agent_cannot_run_goes_to_the_dead_letter_topic(
 ) -> None:
     dead_before = _dead_letters()
     data = json.dumps({"prompt": f"Write a haiku about raw mistakes ({uuid.uuid4().hex[:8]})."})
-    arguments = shlex.split(readme_command("dapr publish --metadata"))
-    arguments[arguments.index("--data") + 1] = data
-
-    published = subprocess.run(arguments, env=dapr_env, capture_output=True, text=True)
+    published = publish_data(data, dapr_env, raw=True)
 
     assert "Event published successfully" in published.stdout, published.stdout + published.stderr
     dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 30, "the message on the dead-letter topic")

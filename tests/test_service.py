@@ -15,6 +15,7 @@ from tests.conftest import (
     instance_with_task,
     post_run,
     publish,
+    publish_data,
     readme_command,
     redis_cli,
     wait_for,
@@ -90,10 +91,7 @@ def test_a_task_published_as_a_raw_payload_runs_like_a_cloudevent_one(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
     task = f"Write a haiku about plain JSON ({uuid.uuid4().hex[:8]})."
-    arguments = shlex.split(readme_command("dapr publish --metadata"))
-    arguments[arguments.index("--data") + 1] = json.dumps({"task": task})
-
-    published = subprocess.run(arguments, env=dapr_env, capture_output=True, text=True)
+    published = publish_data(json.dumps({"task": task}), dapr_env, raw=True)
 
     assert "Event published successfully" in published.stdout, published.stdout + published.stderr
     instance_id = wait_for(lambda: instance_with_task(task), 30, "a workflow run for the raw message")

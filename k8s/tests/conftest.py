@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -25,8 +24,6 @@ PINS = dict(
     line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line and not line.startswith("#")
 )
 START_HINT = "the cluster is not up: run `make k8s-up` (then `make k8s-test`)"
-
-T = TypeVar("T")
 
 
 def env() -> dict[str, str]:
@@ -48,17 +45,6 @@ def kubectl(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 def kubectl_json(*args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json").stdout)
-
-
-def wait_for(probe: Callable[[], T | None], seconds: float, what: str) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {seconds:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,8 @@ import json
 import subprocess
 from typing import Any
 
-from k8s.tests.conftest import DAPR, PINS, ROOT, kubectl, kubectl_json, run, wait_for
+from k8s.tests.conftest import DAPR, PINS, ROOT, kubectl, kubectl_json, run
+from tests.conftest import wait_for
 
 DAPR_NAMESPACE = "dapr-system"
 CONTROL_PLANE = [
