@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds what the one-node Kubernetes of `make k8s-up` runs, from registries only (no GitHub, no Docker):
-#   packages    etcd, containerd, runc, CNI plugins, buildah, iptables from Debian packages
+#   packages    etcd, containerd, runc, CNI plugins, buildah, mmdebstrap, iptables from Debian packages
 #   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
 #               from the Go module proxy through tools/kubernetes/go.mod
 #   helm        the Helm CLI from the Go module proxy
@@ -9,6 +9,8 @@
 #               scheduler come from `scripts/setup.sh dapr`, which this runs first)
 #   pause       the pod sandbox process, tools/pause
 #   images      one FROM scratch image per binary, built with buildah into OCI archives
+#   app-images  the agent's image from the Dockerfile, and the stand-ins deploy/stand-ins runs (Redis,
+#               Zipkin), each on a Debian base made from Debian's packages by mmdebstrap
 # Binaries go to .cache/k8s/bin, images to .cache/k8s/images; each piece is skipped when its version
 # stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`.
 # Usage: scripts/k8s-build.sh [step ...]   (default: all steps)
@@ -38,7 +40,7 @@ mark_built() {
 }
 
 build_packages() {
-  local -a wanted=(etcd-server containerd runc containernetworking-plugins buildah iptables)
+  local -a wanted=(etcd-server containerd runc containernetworking-plugins buildah iptables mmdebstrap)
   local -a missing=() package
   for package in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
@@ -178,7 +180,7 @@ build_image() {
 }
 
 buildah_() {
-  buildah --root "$K8S_CACHE/containers/storage" --runroot "$K8S_CACHE/containers/run" --storage-driver vfs "$@"
+  CONTAINERS_CONF="$K8S_CACHE/containers.conf" buildah --root "$K8S_CACHE/containers/storage" --runroot "$K8S_CACHE/containers/run" --storage-driver vfs "$@"
 }
 
 build_images() {
@@ -202,10 +204,88 @@ build_images() {
   done
 }
 
+# --- the agent's image and the stand-ins' ------------------------------------------------------
+
+APP_IMAGE_REGISTRY=localhost/tda
+DEBIAN_SUITE=bookworm
+DEBIAN_MIRROR=http://deb.debian.org/debian
+
+# Builds image $1 from the Debian packages $2 (comma-separated) with mmdebstrap, into buildah's store.
+# Documentation and translations are left out (but for man1, which Java's postinst links into). The machine's trust store replaces Debian's, so that a
+# build step inside (pip) reaches the registries through this network exactly as the machine does.
+debian_image() {
+  local image=$1 packages=$2 rootfs="$K8S_BUILD/rootfs-$(basename "${1%:*}").tar" container
+  if buildah_ inspect --type image "$image" >/dev/null 2>&1; then return; fi
+  mkdir -p "$K8S_BUILD"
+  with_heartbeat "mmdebstrap $image" "$K8S_BUILD/mmdebstrap.log" \
+    mmdebstrap --variant=minbase --include="$packages" --aptopt='Acquire::Check-Valid-Until "false"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' --setup-hook='mkdir -p "$1/usr/share/man/man1"' \
+    "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR"
+  container=$(buildah_ from scratch)
+  buildah_ add --quiet "$container" "$rootfs" / >/dev/null
+  buildah_ copy --quiet "$container" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
+  buildah_ commit --quiet --rm "$container" "$image" >/dev/null
+  rm -f "$rootfs"
+  echo "    $image: Debian $DEBIAN_SUITE with $packages"
+}
+
+# Writes image $1 from buildah's store to an OCI archive for `scripts/k8s.sh up` to import, and removes
+# the archives of the same image at other tags.
+save_archive() {
+  local image=$1 archive stem
+  stem="$K8S_IMAGES/$(tr '/' '_' <<<"${image%:*}")"
+  archive="${stem}_${image##*:}.oci.tar"
+  [ -f "$archive" ] && return
+  rm -f "${stem}"_*.oci.tar
+  buildah_ push --quiet "$image" "oci-archive:$archive:$image"
+  echo "    $image: $(du -h "$archive" | cut -f1) archive, $(buildah_ images --format '{{.Size}}' "$image") unpacked"
+}
+
+# The tag of the agent's image: what goes into it, hashed.
+agent_image_tag() {
+  cat Dockerfile .dockerignore requirements.txt durable_agent_service.py service_runner/*.py | sha256sum | cut -c1-12
+}
+
+build_app_images() {
+  mkdir -p "$K8S_IMAGES"
+  # buildah's defaults ask for a runtime and ulimits this machine's runc does not grant.
+  printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]\n[engine]\nruntime = "runc"\n' \
+    >"$K8S_CACHE/containers.conf"
+  local base="$APP_IMAGE_REGISTRY/python-base:$DEBIAN_SUITE" agent
+  agent="$APP_IMAGE_REGISTRY/durable-agent:$(agent_image_tag)"
+  debian_image "$base" python3,python3-venv,ca-certificates
+  if ! buildah_ inspect --type image "$agent" >/dev/null 2>&1; then
+    # The same Dockerfile a user builds with `docker build`, on the Debian base.
+    with_heartbeat "buildah bud $agent" "$K8S_BUILD/agent-image.log" \
+      buildah_ bud --quiet --layers --network host --build-arg "BASE=$base" --tag "$agent" --file Dockerfile .
+  fi
+  save_archive "$agent"
+  debian_image "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE" redis-server
+  save_archive "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE"
+  local zipkin="$APP_IMAGE_REGISTRY/zipkin:$ZIPKIN_VERSION" container
+  if ! buildah_ inspect --type image "$zipkin" >/dev/null 2>&1; then
+    debian_image "$APP_IMAGE_REGISTRY/java-base:$DEBIAN_SUITE" openjdk-17-jre-headless,ca-certificates
+    scripts/setup.sh zipkin | sed 's/^/  /'
+    container=$(buildah_ from "$APP_IMAGE_REGISTRY/java-base:$DEBIAN_SUITE")
+    buildah_ copy --quiet "$container" "$ZIPKIN_JAR" /zipkin/zipkin.jar >/dev/null
+    buildah_ config --entrypoint '["java", "-jar", "/zipkin/zipkin.jar"]' --user 65532:65532 "$container"
+    buildah_ commit --quiet --rm "$container" "$zipkin" >/dev/null
+  fi
+  save_archive "$zipkin"
+  # Images of the agent at earlier tags: only the current one is kept.
+  local old
+  for old in $(buildah_ images --format '{{.Name}}:{{.Tag}}' | grep -x "$APP_IMAGE_REGISTRY/durable-agent:.*" | grep -vx "$agent"); do
+    buildah_ rmi "$old" >/dev/null
+  done
+  echo "$agent" >"$K8S_IMAGES/agent-image"
+}
+
 k8s_build_main() {
   mkdir -p .cache
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(packages kubernetes helm coredns dapr pause images)
+  [ ${#steps[@]} -gt 0 ] || steps=(packages kubernetes helm coredns dapr pause images app-images)
   local started=$SECONDS name
   for name in "${steps[@]}"; do
     case "$name" in
@@ -216,6 +296,7 @@ k8s_build_main() {
       dapr) step "dapr control plane $DAPR_RUNTIME_VERSION" build_dapr ;;
       pause) step "pause" build_pause ;;
       images) step "images" build_images ;;
+      app-images) step "agent and stand-in images" build_app_images ;;
       *) echo "k8s-build: unknown step '$name'" >&2; exit 2 ;;
     esac
   done

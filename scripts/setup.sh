@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the project runs on, from registries only (no GitHub, no Docker):
-#   python  .venv from requirements.txt
+#   python  .venv from requirements-dev.txt (the agent's requirements.txt, plus tests and linting)
 #   dapr    daprd, placement, scheduler and the dapr CLI in ~/.dapr/bin, built from Go modules
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
@@ -60,15 +60,15 @@ installed_cli_version() {
 setup_python() {
   local stamp=.venv/.requirements.sha256
   local wanted
-  wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+  wanted=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
-    echo "    .venv matches requirements.txt"
+    echo "    .venv matches requirements-dev.txt"
     return
   fi
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   with_heartbeat "pip install" .cache/pip-install.log \
-    .venv/bin/python -m pip install --progress-bar off -r requirements.txt
+    .venv/bin/python -m pip install --progress-bar off -r requirements-dev.txt
   echo "$wanted" >"$stamp"
 }
 

@@ -50,6 +50,7 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
+        app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves", tags=["health"])
         uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
 
@@ -130,6 +131,11 @@ class ServiceRunner(AgentRunner):
         if state is None:
             raise HTTPException(404, "no run has that id")
         return state
+
+
+async def _serving() -> dict[str, str]:
+    """For Kubernetes' probes and Dapr's app health check: the runtime started before the app serves."""
+    return {"status": "serving"}
 
 
 def _remove_routes(app: FastAPI, unwanted: Callable[[str], bool]) -> None:

@@ -168,18 +168,18 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, state: FakeOpenAI) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
+    def __init__(self, host: str, port: int, state: FakeOpenAI) -> None:
+        super().__init__((host, port), _Handler)
         self.state = state
         self.stopping = threading.Event()
 
 
 class LLMServer:
-    """Runs a FakeOpenAI on 127.0.0.1:<port> in a background thread."""
+    """Runs a FakeOpenAI on <host>:<port> in a background thread (loopback, but in a pod)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.state = FakeOpenAI()
-        self._server = _Server(port, self.state)
+        self._server = _Server(host, port, self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -1,0 +1,227 @@
+"""The agent on the cluster, deployed from deploy/ as the README's "On Kubernetes" tells a user.
+
+`deploy` applies k8s/tests/overlay (deploy/, its stand-ins, the stand-in LLM) once for the stories
+of test_agent.py and deletes the namespace after them. The stories reach the cluster from this
+machine the way a caller in the cluster would: at Service addresses, through the sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from k8s.tests.conftest import ROOT, kubectl, kubectl_json
+from tests.conftest import wait_for
+
+NAMESPACE = "durable-agent"
+APP_ID = "durable-agent-service"
+OVERLAY = ROOT / "k8s" / "tests" / "overlay"
+AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"
+REDIS_VOLUME = ROOT / ".run" / "k8s" / "volumes" / "redis-data"
+BUILD_HINT = "no agent image was built: run `make k8s-up` (it builds the Dockerfile with buildah)"
+
+
+@dataclass
+class Agent:
+    """The deployed agent, as a caller in the cluster sees it, and the stand-ins beside it."""
+
+    api_token: str
+    openai_key: str
+    redis_password: str
+    image: str
+    ready_after: float = 0.0  # seconds from `kubectl apply` to the agent pod's Ready
+
+    def service_ip(self, name: str) -> str:
+        return kubectl("get", "service", name, "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}").stdout
+
+    def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
+        """A call to the agent's app through its Service and sidecar (service invocation)."""
+        url = f"http://{self.service_ip('durable-agent')}/v1.0/invoke/{APP_ID}/method{path}"
+        headers = {"dapr-api-token": self.api_token if token is None else token, **kwargs.pop("headers", {})}
+        return requests.request(method, url, headers=headers, timeout=30, **kwargs)
+
+    def publish(self, event: dict[str, Any]) -> requests.Response:
+        url = f"http://{self.service_ip('durable-agent')}/v1.0/publish/agent-pubsub/assistant.topic"
+        headers = {"dapr-api-token": self.api_token, "Content-Type": "application/cloudevents+json"}
+        return requests.post(url, data=json.dumps(event), headers=headers, timeout=30)
+
+    def llm(self, method: str, path: str) -> Any:
+        """The stand-in LLM's control API (k8s/tests/stand_in_llm.py)."""
+        answer = requests.request(method, f"http://{self.service_ip('stand-in-llm')}:8081{path}", timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def llm_calls_for(self, task: str) -> int:
+        return sum(1 for r in self.llm("GET", "/requests") if task in r["asked"])
+
+    def status(self, instance_id: str) -> dict[str, Any] | None:
+        answer = self.call("GET", f"/agent/instances/{instance_id}")
+        return answer.json() if answer.status_code == 200 else None
+
+    def outcome(self, instance_id: str, timeout: float = 120) -> dict[str, Any]:
+        def ended() -> dict[str, Any] | None:
+            status = self.status(instance_id)
+            return status if status and status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None
+
+        return wait_for(ended, timeout, f"run {instance_id} to end", interval=0.5)
+
+    def pods(self) -> list[dict[str, Any]]:
+        return kubectl_json("get", "pods", "-n", NAMESPACE, "-l", "app=durable-agent")["items"]
+
+    def ready_pods(self) -> list[str]:
+        return [p["metadata"]["name"] for p in self.pods() if _ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+    def wait_ready(self, replicas: int, timeout: float = 180) -> list[str]:
+        def ready() -> list[str] | None:
+            names = self.ready_pods()
+            return names if len(names) == replicas and len(self.pods()) == replicas else None
+
+        return wait_for(ready, timeout, f"{replicas} Ready agent pod(s) in {NAMESPACE}", interval=1)
+
+    def redis_values(self) -> str:
+        """Every value in Redis, whatever its type, as text (--no-raw: bytes that are not, as \\xff)."""
+        return kubectl(
+            "exec", "redis-0", "-n", NAMESPACE, "--", "redis-cli", "--no-raw", "--no-auth-warning", "-a", self.redis_password,
+            "EVAL", ALL_VALUES, "0",
+        ).stdout  # fmt: skip
+
+
+# Every key's value in Redis, flattened to lines: strings, hashes, lists, sets, sorted sets, streams.
+ALL_VALUES = """
+local out = {}
+local function add(values) for _, v in ipairs(values) do
+  if type(v) == 'table' then add(v) else table.insert(out, tostring(v)) end end end
+for _, key in ipairs(redis.call('KEYS', '*')) do
+  local kind = redis.call('TYPE', key).ok
+  table.insert(out, key)
+  if kind == 'string' then add({redis.call('GET', key)})
+  elseif kind == 'hash' then add(redis.call('HGETALL', key))
+  elseif kind == 'list' then add(redis.call('LRANGE', key, 0, -1))
+  elseif kind == 'set' then add(redis.call('SMEMBERS', key))
+  elseif kind == 'zset' then add(redis.call('ZRANGE', key, 0, -1))
+  elseif kind == 'stream' then add(redis.call('XRANGE', key, '-', '+')) end
+end
+return table.concat(out, '\\n')
+"""
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+    return conditions.get("Ready") == "True"
+
+
+def key_digest(key: str) -> str:
+    """What the stand-in LLM reports of the Authorization header it got: its digest, not the key."""
+    return hashlib.sha256(f"Bearer {key}".encode()).hexdigest()
+
+
+def rendered_overlay(image: str) -> list[dict[str, Any]]:
+    """k8s/tests/overlay as kustomize renders it, with the agent's image at the tag the build made."""
+    documents = [d for d in yaml.safe_load_all(kubectl("kustomize", str(OVERLAY)).stdout) if d]
+    for document in documents:
+        for container in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            if container["image"].split(":")[0] == image.split(":")[0]:
+                container["image"] = image
+    return documents
+
+
+def create_secrets(agent: Agent) -> None:
+    """The three Secrets the README has a user create before applying deploy/."""
+    for name, entries in {
+        "redis": {"host": "redis:6379", "password": agent.redis_password},
+        "openai": {"api-key": agent.openai_key},
+        "dapr-api-token": {"token": agent.api_token},
+    }.items():
+        literals = [f"--from-literal={key}={value}" for key, value in entries.items()]
+        kubectl("create", "secret", "generic", name, "-n", NAMESPACE, *literals)
+
+
+def create_redis_volume() -> None:
+    """The volume Redis's claim binds to: this one-node cluster has no storage class."""
+    shutil.rmtree(REDIS_VOLUME, ignore_errors=True)  # an earlier run's data
+    REDIS_VOLUME.mkdir(parents=True)
+    os.chown(REDIS_VOLUME, 999, 999)  # deploy/stand-ins/redis.yaml's user
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "durable-agent-redis"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": NAMESPACE, "name": "data-redis-0"},
+            "hostPath": {"path": str(REDIS_VOLUME), "type": "Directory"},
+        },
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps(volume))
+
+
+def create_llm_code() -> None:
+    kubectl(
+        "create", "configmap", "stand-in-llm", "-n", NAMESPACE,
+        f"--from-file=llm_server.py={ROOT / 'tests' / 'llm_server.py'}",
+        f"--from-file=stand_in_llm.py={ROOT / 'k8s' / 'tests' / 'stand_in_llm.py'}",
+    )  # fmt: skip
+
+
+def logs_of_namespace() -> str:
+    """Every container's log in the namespace, as `kubectl logs` shows it."""
+    logs = []
+    for pod in kubectl_json("get", "pods", "-n", NAMESPACE)["items"]:
+        for container in pod["spec"]["containers"]:
+            name = pod["metadata"]["name"]
+            done = kubectl("logs", name, "-n", NAMESPACE, "-c", container["name"], check=False)
+            logs.append(f"--- {name}/{container['name']}\n{done.stdout}{done.stderr}")
+    return "\n".join(logs)
+
+
+def delete_namespace() -> None:
+    # Pods go at once: their grace periods (up to 75 s) are for runs, and none is left to finish.
+    kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--grace-period=0", "--force", check=False)
+    kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", check=False, timeout=150)
+    kubectl("delete", "persistentvolume", "durable-agent-redis", "--wait=true", check=False)
+
+
+@contextlib.contextmanager
+def deploy() -> Iterator[Agent]:
+    """deploy/ applied and Ready, with its Secrets; the namespace and its volume deleted afterwards."""
+    if not AGENT_IMAGE_RECORD.exists():
+        pytest.fail(BUILD_HINT)
+    agent = Agent(
+        api_token=secrets.token_hex(16),
+        openai_key=f"sk-tda-{secrets.token_hex(20)}",
+        redis_password=secrets.token_hex(16),
+        image=AGENT_IMAGE_RECORD.read_text().strip(),
+    )
+    delete_namespace()  # what an interrupted earlier run left
+    kubectl("create", "namespace", NAMESPACE)
+    try:
+        create_secrets(agent)
+        create_redis_volume()
+        create_llm_code()
+        manifests = json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered_overlay(agent.image)})
+        # Checked against the API server's schemas (Kubernetes' and Dapr's CRDs) before anything is applied.
+        kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifests)
+        applied = time.monotonic()
+        kubectl("apply", "--validate=strict", "-f", "-", stdin=manifests)
+        for name in ("statefulset/redis", "deployment/zipkin", "deployment/stand-in-llm", "deployment/durable-agent"):
+            done = kubectl("rollout", "status", name, "-n", NAMESPACE, "--timeout=240s", check=False, timeout=250)
+            if done.returncode != 0:
+                pytest.fail(f"{name} did not become Ready:\n{done.stdout}{done.stderr}\n{logs_of_namespace()[-6000:]}")
+        agent.ready_after = time.monotonic() - applied
+        yield agent
+    finally:
+        delete_namespace()

@@ -1,0 +1,194 @@
+"""The agent on the cluster: deploy/ applied as the README's "On Kubernetes" says, and the stories
+the local suite tells, told again against pods. Run by `make k8s-test` after `make k8s-up`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
+from k8s.tests.conftest import kubectl, kubectl_json
+from service_runner.once_only import run_id
+from tests.conftest import answer_of, wait_for
+from tests.llm_server import HAIKU
+
+TASK = "Write a haiku about programming."
+WORKFLOW_SPAN = "orchestration||dapr.agents.assistant.workflow"
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Agent]:
+    with deploy() as deployed:
+        yield deployed
+
+
+def a_task(about: str) -> str:
+    return f"Write a haiku about {about} ({uuid.uuid4().hex[:8]})."
+
+
+def start_run(agent: Agent, task: str) -> str:
+    """POST /run with an Idempotency-Key, retried with the same key until the agent takes it: the
+    retry a caller makes when the pod that had its request went away. The run's instance id."""
+    key = hashlib.sha256(task.encode()).hexdigest()
+
+    def accepted() -> str | None:
+        try:
+            answer = agent.call("POST", "/run", json={"task": task}, headers={"Idempotency-Key": key})
+        except requests.RequestException:
+            return None
+        return answer.json()["instance_id"] if answer.status_code == 200 else None
+
+    return wait_for(accepted, 120, f"the agent to accept {task!r}", interval=1)
+
+
+def force_delete(pod: str) -> None:
+    kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force")
+
+
+def test_the_agent_pod_runs_with_its_injected_sidecar_and_mtls(agent: Agent) -> None:
+    (pod,) = agent.pods()
+
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["agent", "daprd"], "the injector added no sidecar"
+    agent_container = pod["spec"]["containers"][0]
+    assert agent_container["image"] == agent.image  # built here from ./Dockerfile
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The sidecar starts only with a workload certificate from sentry; mTLS is on for the cluster.
+    daprd = kubectl("logs", pod["metadata"]["name"], "-n", NAMESPACE, "-c", "daprd").stdout
+    assert "Security is initialized successfully" in daprd
+    assert kubectl_json("get", "configuration", "daprsystem", "-n", "dapr-system")["spec"]["mtls"]["enabled"] is True
+    print(f"\nagent pod Ready {agent.ready_after:.0f}s after `kubectl apply`")
+
+
+def test_post_run_through_the_sidecar_with_the_api_token_completes_with_the_models_answer(agent: Agent) -> None:
+    task = a_task("programming")
+    refused = agent.call("POST", "/run", token="not-the-token", json={"task": task})
+    assert refused.status_code == 401, refused.text
+
+    started = agent.call("POST", "/run", json={"task": task})
+
+    assert started.status_code == 200, started.text
+    status = agent.outcome(started.json()["instance_id"])
+    assert status["runtime_status"] == "COMPLETED", status
+    assert answer_of(status) == HAIKU
+    asked = [r for r in agent.llm("GET", "/requests") if task in r["asked"]]
+    assert len(asked) == 1  # one task, one LLM call
+    assert asked[0]["key_sha256"] == key_digest(agent.openai_key)  # the Secret's key reached the model
+
+
+def test_a_task_published_to_assistant_topic_runs(agent: Agent) -> None:
+    task = a_task("message queues")
+    event_id = uuid.uuid4().hex
+    event = {"specversion": "1.0", "id": event_id, "source": "k8s-tests", "type": "com.example.task"}
+
+    published = agent.publish({**event, "datacontenttype": "application/json", "data": {"task": task}})
+
+    assert published.status_code == 204, published.text
+    # The service names a published run after its CloudEvent (service_runner/once_only.py).
+    status = agent.outcome(run_id("message", "k8s-tests", event_id))
+    assert status["runtime_status"] == "COMPLETED", status
+    assert answer_of(status) == HAIKU
+    assert agent.llm_calls_for(task) == 1
+
+
+def test_a_run_whose_pod_is_force_deleted_during_its_llm_call_completes_once_on_the_new_pod(agent: Agent) -> None:
+    task = a_task("crash recovery")
+    (old_pod,) = agent.wait_ready(1)
+    agent.llm("POST", "/hold")
+    instance_id = start_run(agent, task)
+    wait_for(lambda: agent.llm_calls_for(task) == 1, 30, "the run's LLM call to reach the model")
+
+    started = time.monotonic()
+    force_delete(old_pod)
+    try:
+        (new_pod,) = agent.wait_ready(1)
+        status = agent.outcome(instance_id, timeout=180)
+    finally:
+        agent.llm("POST", "/release")  # the held answer has no sidecar left to go to
+
+    assert new_pod != old_pod
+    assert status["runtime_status"] == "COMPLETED", status
+    assert answer_of(status) == HAIKU
+    assert start_run(agent, task) == instance_id  # one run for the task, not two
+    # The interrupted call is made again by the new pod, once: the only step run twice.
+    assert agent.llm_calls_for(task) == 2
+    print(f"\nforce-deleted pod's run completed on the new pod {time.monotonic() - started:.0f}s later")
+
+
+def test_with_two_replicas_fifty_runs_complete_once_when_one_pod_is_killed(agent: Agent) -> None:
+    kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=2")
+    pods = agent.wait_ready(2)
+    agent.llm("POST", "/latency?seconds=0.5")  # so that runs are in the middle of a step when the pod dies
+    tasks = [a_task(f"replica {i}") for i in range(50)]
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            first = list(pool.map(lambda task: start_run(agent, task), tasks[:25]))
+            killed = pods[0]
+            force_delete(killed)
+            rest = list(pool.map(lambda task: start_run(agent, task), tasks[25:]))
+            outcomes = list(pool.map(lambda instance: agent.outcome(instance, timeout=240), first + rest))
+    finally:
+        agent.llm("POST", "/latency?seconds=0")
+        kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=1")
+
+    instance_ids = first + rest
+    calls = [agent.llm_calls_for(task) for task in tasks]
+    completed = sum(o["runtime_status"] == "COMPLETED" and answer_of(o) == HAIKU for o in outcomes)
+    print(
+        f"\n2 replicas, {killed} killed after 25 starts: started {len(set(instance_ids))}, completed {completed},"
+        f" duplicated {len(instance_ids) - len(set(instance_ids))}, lost {50 - completed};"
+        f" LLM calls {sum(calls)} ({sum(c > 1 for c in calls)} runs' call repeated after the kill)"
+    )
+    assert len(set(instance_ids)) == 50  # one run per task: no task started twice
+    assert completed == 50  # none lost
+    assert [start_run(agent, task) for task in tasks] == instance_ids  # and each is still the one run
+    assert all(1 <= c <= 2 for c in calls), calls  # a call is repeated only if its pod died during it
+
+
+def test_the_trace_of_a_run_is_in_zipkin(agent: Agent) -> None:
+    instance_id = start_run(agent, a_task("tracing"))
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
+    zipkin = f"http://{agent.service_ip('zipkin')}:9411/api/v2"
+
+    def trace() -> list[dict[str, Any]] | None:
+        query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
+        traces = requests.get(f"{zipkin}/traces", params=query, timeout=5).json()
+        done = [t for t in traces if any(s["name"] == WORKFLOW_SPAN for s in t)]
+        return done[0] if done else None
+
+    spans = wait_for(trace, 60, f"the trace of run {instance_id} in Zipkin", interval=1)
+    by_service: dict[str, set[str]] = {}
+    for span in spans:
+        by_service.setdefault(span["localEndpoint"]["serviceName"], set()).add(span["name"])
+    assert "activity||dapr.agents.assistant.call_llm" in by_service["durable-agent-service"]
+    assert "/dapr.proto.runtime.v1.dapr/conversealpha2" in by_service["durable-agent-service"]
+    assert "workflowactivity.dapr.agents.assistant.call_llm" in by_service["assistant"]  # the app's own spans
+
+
+def test_runs_survive_a_restart_of_redis_from_its_append_only_file(agent: Agent) -> None:
+    instance_id = start_run(agent, a_task("persistence"))
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
+
+    kubectl("delete", "pod", "redis-0", "-n", NAMESPACE)
+    kubectl("rollout", "status", "statefulset/redis", "-n", NAMESPACE, "--timeout=120s", timeout=130)
+
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"  # read back from the volume
+    task = a_task("after a Redis restart")
+    assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
+
+
+def test_the_openai_key_is_in_no_pod_log_and_no_redis_value(agent: Agent) -> None:
+    logs = logs_of_namespace() + kubectl("logs", "-n", "dapr-system", "-l", "app=dapr-operator", "--tail=-1").stdout
+    values = agent.redis_values()
+
+    assert agent.openai_key not in logs
+    assert agent.openai_key not in values
+    assert hashlib.sha256(agent.openai_key.encode()).hexdigest() not in values
+    assert "Assistant" in values and HAIKU.splitlines()[0] in values  # what was searched holds the runs
