@@ -92,10 +92,8 @@ class Agent:
 
     def redis_values(self) -> str:
         """Every value in Redis, whatever its type, as text (--no-raw: bytes that are not, as \\xff)."""
-        return kubectl(
-            "exec", "redis-0", "-n", NAMESPACE, "--", "redis-cli", "--no-raw", "--no-auth-warning", "-a", self.redis_password,
-            "EVAL", ALL_VALUES, "0",
-        ).stdout  # fmt: skip
+        redis_cli = ["redis-cli", "--no-raw", "--no-auth-warning", "-a", self.redis_password]
+        return kubectl("exec", "redis-0", "-n", NAMESPACE, "--", *redis_cli, "EVAL", ALL_VALUES, "0").stdout
 
 
 # Every key's value in Redis, flattened to lines: strings, hashes, lists, sets, sorted sets, streams.
@@ -189,10 +187,12 @@ def logs_of_namespace() -> str:
 
 
 def delete_namespace() -> None:
-    # Pods go at once: their grace periods (up to 75 s) are for runs, and none is left to finish.
+    # The namespace first, so that no controller makes new pods; then its pods at once: their grace
+    # periods (up to 75 s) are for runs, and none is left to finish.
+    kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found", check=False)
     kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--grace-period=0", "--force", check=False)
-    kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", check=False, timeout=150)
-    kubectl("delete", "persistentvolume", "durable-agent-redis", "--wait=true", check=False)
+    kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False, timeout=130)
+    kubectl("delete", "persistentvolume", "durable-agent-redis", "--ignore-not-found", check=False)
 
 
 @contextlib.contextmanager
