@@ -54,6 +54,6 @@ k8s-down: ## Stop that cluster and remove everything it left: processes, mounts,
 k8s-status: ## Show the cluster's processes, node and pods, and check it is kept inside this machine
 	@scripts/k8s.sh status
 
-k8s-test: ## Smoke-test the running cluster: API, node, Dapr control plane, a pod with an injected sidecar
+k8s-test: ## Test the running cluster (API, node, Dapr, a sidecar), then the agent deployed from deploy/ on it
 	@scripts/setup.sh python >/dev/null
 	$(VENV)/bin/python -m pytest k8s/tests $(PYTEST_ARGS)

@@ -50,7 +50,7 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
-        app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves", tags=["health"])
+        app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves")
         uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
 

@@ -8,7 +8,10 @@ import shlex
 import subprocess
 import uuid
 
+import requests
+
 from tests.conftest import (
+    SERVICE_URL,
     TASK,
     DaprRun,
     answer_of,
@@ -97,3 +100,12 @@ def test_a_task_published_as_a_raw_payload_runs_like_a_cloudevent_one(
     instance_id = wait_for(lambda: instance_with_task(task), 30, "a workflow run for the raw message")
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
     assert [r.user_text for r in llm.state.chat_requests()] == [task]
+
+
+def test_healthz_answers_while_the_service_serves_and_takes_nothing_but_get(service: DaprRun) -> None:
+    """What Kubernetes' probes and Dapr's app health check ask (deploy/agent.yaml)."""
+    healthy = requests.get(f"{SERVICE_URL}/healthz", timeout=5)
+    posted = requests.post(f"{SERVICE_URL}/healthz", json={"task": TASK}, timeout=5)
+
+    assert (healthy.status_code, healthy.json()) == (200, {"status": "serving"})
+    assert posted.status_code == 405

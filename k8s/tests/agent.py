@@ -7,12 +7,14 @@ machine the way a caller in the cluster would: at Service addresses, through the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +24,8 @@ import pytest
 import requests
 import yaml
 
-from k8s.tests.conftest import ROOT, kubectl, kubectl_json
-from tests.conftest import wait_for
+from k8s.tests.conftest import ROOT, env, kubectl, kubectl_json
+from tests.conftest import readme_command, readme_commands, wait_for
 
 NAMESPACE = "durable-agent"
 APP_ID = "durable-agent-service"
@@ -90,6 +92,18 @@ class Agent:
 
         return wait_for(ready, timeout, f"{replicas} Ready agent pod(s) in {NAMESPACE}", interval=1)
 
+    def busiest_pod(self) -> tuple[str, int]:
+        """The agent pod whose sidecar hosts the most workflow activities now (each LLM call is one),
+        and how many it hosts."""
+        hosted = {}
+        for pod in self.pods():
+            url = f"http://{pod['status']['podIP']}:3500/v1.0/metadata"
+            metadata = requests.get(url, headers={"dapr-api-token": self.api_token}, timeout=10).json()
+            actors = metadata["actorRuntime"].get("activeActors", [])  # a count of 0 is left out
+            hosted[pod["metadata"]["name"]] = sum(a.get("count", 0) for a in actors if a["type"].endswith(".activity"))
+        print(f"\nactivities hosted per pod: {hosted}")
+        return max(hosted.items(), key=lambda item: item[1])
+
     def redis_values(self) -> str:
         """Every value in Redis, whatever its type, as text (--no-raw: bytes that are not, as \\xff)."""
         redis_cli = ["redis-cli", "--no-raw", "--no-auth-warning", "-a", self.redis_password]
@@ -135,15 +149,26 @@ def rendered_overlay(image: str) -> list[dict[str, Any]]:
     return documents
 
 
-def create_secrets(agent: Agent) -> None:
-    """The three Secrets the README has a user create before applying deploy/."""
-    for name, entries in {
-        "redis": {"host": "redis:6379", "password": agent.redis_password},
-        "openai": {"api-key": agent.openai_key},
-        "dapr-api-token": {"token": agent.api_token},
-    }.items():
-        literals = [f"--from-literal={key}={value}" for key, value in entries.items()]
-        kubectl("create", "secret", "generic", name, "-n", NAMESPACE, *literals)
+def create_namespace_and_secrets(openai_key: str) -> None:
+    """The README's commands that make the namespace and the three Secrets deploy/ reads."""
+    commands = [readme_command("kubectl create namespace")]
+    commands += [c for c in readme_commands() if c.startswith("kubectl create secret generic")]
+    assert len(commands) == 4, commands
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            env={**env(), "OPENAI_API_KEY": openai_key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"the README's `{command}` exited {done.returncode}:\n{done.stdout}{done.stderr}")
+
+
+def secret_value(name: str, key: str) -> str:
+    encoded = kubectl("get", "secret", name, "-n", NAMESPACE, "-o", f"jsonpath={{.data.{key}}}").stdout
+    return base64.b64decode(encoded).decode()
 
 
 def create_redis_volume() -> None:
@@ -200,16 +225,16 @@ def deploy() -> Iterator[Agent]:
     """deploy/ applied and Ready, with its Secrets; the namespace and its volume deleted afterwards."""
     if not AGENT_IMAGE_RECORD.exists():
         pytest.fail(BUILD_HINT)
-    agent = Agent(
-        api_token=secrets.token_hex(16),
-        openai_key=f"sk-tda-{secrets.token_hex(20)}",
-        redis_password=secrets.token_hex(16),
-        image=AGENT_IMAGE_RECORD.read_text().strip(),
-    )
+    openai_key = f"sk-tda-{secrets.token_hex(20)}"
     delete_namespace()  # what an interrupted earlier run left
-    kubectl("create", "namespace", NAMESPACE)
     try:
-        create_secrets(agent)
+        create_namespace_and_secrets(openai_key)
+        agent = Agent(
+            api_token=secret_value("dapr-api-token", "token"),
+            openai_key=openai_key,
+            redis_password=secret_value("redis", "password"),
+            image=AGENT_IMAGE_RECORD.read_text().strip(),
+        )
         create_redis_volume()
         create_llm_code()
         manifests = json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered_overlay(agent.image)})

@@ -5,6 +5,10 @@ the local suite tells, told again against pods. Run by `make k8s-test` after `ma
 from __future__ import annotations
 
 import hashlib
+import json
+import shlex
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,9 +19,9 @@ import pytest
 import requests
 
 from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
-from k8s.tests.conftest import kubectl, kubectl_json
+from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
-from tests.conftest import answer_of, wait_for
+from tests.conftest import answer_of, readme_command, wait_for
 from tests.llm_server import HAIKU
 
 TASK = "Write a haiku about programming."
@@ -47,6 +51,11 @@ def start_run(agent: Agent, task: str) -> str:
         return answer.json()["instance_id"] if answer.status_code == 200 else None
 
     return wait_for(accepted, 120, f"the agent to accept {task!r}", interval=1)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def force_delete(pod: str) -> None:
@@ -81,6 +90,30 @@ def test_post_run_through_the_sidecar_with_the_api_token_completes_with_the_mode
     asked = [r for r in agent.llm("GET", "/requests") if task in r["asked"]]
     assert len(asked) == 1  # one task, one LLM call
     assert asked[0]["key_sha256"] == key_digest(agent.openai_key)  # the Secret's key reached the model
+
+
+def test_the_readmes_port_forward_and_curl_start_a_run_that_completes(agent: Agent) -> None:
+    forward = subprocess.Popen(
+        shlex.split(readme_command("kubectl port-forward")),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: port_open(3500) or forward.poll() is not None, 30, "the port-forward to listen on 3500")
+        assert forward.poll() is None, forward.communicate()[0]
+        token = readme_command('TOKEN="$(kubectl get secret')
+        command = readme_command("curl -X POST http://localhost:3500", 'token: $TOKEN"')
+        curl = subprocess.run(["bash", "-c", f"{token}\n{command}"], env=env(), capture_output=True, text=True)
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+    assert curl.returncode == 0, curl.stderr
+    status = agent.outcome(json.loads(curl.stdout)["instance_id"])
+    assert status["runtime_status"] == "COMPLETED", status
+    assert answer_of(status) == HAIKU
 
 
 def test_a_task_published_to_assistant_topic_runs(agent: Agent) -> None:
@@ -124,14 +157,14 @@ def test_a_run_whose_pod_is_force_deleted_during_its_llm_call_completes_once_on_
 
 def test_with_two_replicas_fifty_runs_complete_once_when_one_pod_is_killed(agent: Agent) -> None:
     kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=2")
-    pods = agent.wait_ready(2)
-    agent.llm("POST", "/latency?seconds=3")  # so that runs are in the middle of their LLM call when a pod dies
+    agent.wait_ready(2)
+    agent.llm("POST", "/latency?seconds=5")  # so that runs are in the middle of their LLM call when a pod dies
     tasks = [a_task(f"replica {i}") for i in range(50)]
     try:
         with ThreadPoolExecutor(max_workers=10) as pool:
             first = list(pool.map(lambda task: start_run(agent, task), tasks[:25]))
             wait_for(lambda: sum(map(agent.llm_calls_for, tasks[:25])) >= 20, 30, "20 runs in their LLM call")
-            killed = pods[0]
+            killed, activities = agent.busiest_pod()
             force_delete(killed)
             rest = list(pool.map(lambda task: start_run(agent, task), tasks[25:]))
             outcomes = list(pool.map(lambda instance: agent.outcome(instance, timeout=240), first + rest))
@@ -143,7 +176,8 @@ def test_with_two_replicas_fifty_runs_complete_once_when_one_pod_is_killed(agent
     calls = [agent.llm_calls_for(task) for task in tasks]
     completed = sum(o["runtime_status"] == "COMPLETED" and answer_of(o) == HAIKU for o in outcomes)
     print(
-        f"\n2 replicas, {killed} killed after 25 starts: started {len(set(instance_ids))}, completed {completed},"
+        f"\n2 replicas, {killed} killed after 25 starts, hosting {activities} activities:"
+        f" started {len(set(instance_ids))}, completed {completed},"
         f" duplicated {len(instance_ids) - len(set(instance_ids))}, lost {50 - completed};"
         f" LLM calls {sum(calls)} ({sum(c > 1 for c in calls)} runs' call repeated after the kill)"
     )
