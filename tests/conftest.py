@@ -83,7 +83,7 @@ def redis_cli(*args: str) -> str:
     return subprocess.run(["redis-cli", *args], capture_output=True, text=True, check=True).stdout
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -103,9 +103,9 @@ def stack() -> None:
         if not (DAPR_BIN / binary).exists():
             pytest.fail(f"{DAPR_BIN / binary} is missing: run `make setup`", pytrace=False)
     for what, ready in (
-        ("Redis on 6379", lambda: _port_open(6379)),
-        ("placement on 50005", lambda: _port_open(50005)),
-        ("scheduler on 50006", lambda: _port_open(50006)),
+        ("Redis on 6379", lambda: port_open(6379)),
+        ("placement on 50005", lambda: port_open(50005)),
+        ("scheduler on 50006", lambda: port_open(50006)),
         ("Zipkin on 9411", _zipkin_healthy),
     ):
         if not ready():

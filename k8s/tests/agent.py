@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -44,9 +44,13 @@ class Agent:
     redis_password: str
     image: str
     ready_after: float = 0.0  # seconds from `kubectl apply` to the agent pod's Ready
+    service_ips: dict[str, str] = field(default_factory=dict)
 
     def service_ip(self, name: str) -> str:
-        return kubectl("get", "service", name, "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}").stdout
+        if name not in self.service_ips:
+            jsonpath = "jsonpath={.spec.clusterIP}"
+            self.service_ips[name] = kubectl("get", "service", name, "-n", NAMESPACE, "-o", jsonpath).stdout
+        return self.service_ips[name]
 
     def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
         """A call to the agent's app through its Service and sidecar (service invocation)."""

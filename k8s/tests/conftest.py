@@ -1,7 +1,7 @@
-"""Fixtures for the smoke test of the one-node cluster that `make k8s-up` starts.
+"""Fixtures for the tests of the one-node cluster that `make k8s-up` starts, and of the agent on it.
 
 The cluster is the fixture nobody here starts or stops: a missing one fails every test with the
-command that starts it. What a test creates in it (a namespace and a pod) its fixture deletes.
+command that starts it. What a test creates in it (namespaces, pods, the agent) its fixture deletes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ import requests
 from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
-from tests.conftest import answer_of, readme_command, wait_for
+from tests.conftest import answer_of, port_open, readme_command, wait_for
 from tests.llm_server import HAIKU
 
 TASK = "Write a haiku about programming."
@@ -51,11 +50,6 @@ def start_run(agent: Agent, task: str) -> str:
         return answer.json()["instance_id"] if answer.status_code == 200 else None
 
     return wait_for(accepted, 120, f"the agent to accept {task!r}", interval=1)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def force_delete(pod: str) -> None:
