@@ -180,6 +180,10 @@ build_image() {
 }
 
 buildah_() {
+  # buildah's defaults ask for a runtime and ulimits (for RUN steps) that this machine's runc lacks.
+  [ -f "$K8S_CACHE/containers.conf" ] ||
+    printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]\n[engine]\nruntime = "runc"\n' \
+      >"$K8S_CACHE/containers.conf"
   CONTAINERS_CONF="$K8S_CACHE/containers.conf" buildah --root "$K8S_CACHE/containers/storage" --runroot "$K8S_CACHE/containers/run" --storage-driver vfs "$@"
 }
 
@@ -250,9 +254,6 @@ agent_image_tag() {
 
 build_app_images() {
   mkdir -p "$K8S_IMAGES"
-  # buildah's defaults ask for a runtime and ulimits this machine's runc does not grant.
-  printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]\n[engine]\nruntime = "runc"\n' \
-    >"$K8S_CACHE/containers.conf"
   local base="$APP_IMAGE_REGISTRY/python-base:$DEBIAN_SUITE" agent
   agent="$APP_IMAGE_REGISTRY/durable-agent:$(agent_image_tag)"
   debian_image "$base" python3,python3-venv,ca-certificates
