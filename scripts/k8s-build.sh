@@ -12,7 +12,8 @@
 #   app-images  the agent's image from the Dockerfile, and the stand-ins deploy/stand-ins runs (Redis,
 #               Zipkin), each on a Debian base made from Debian's packages by mmdebstrap
 # Binaries go to .cache/k8s/bin, images to .cache/k8s/images; each piece is skipped when its version
-# stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`.
+# stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`;
+# images are built in a buildah store shared by checkouts, ~/.cache/tiniest-durable-agent/containers.
 # Usage: scripts/k8s-build.sh [step ...]   (default: all steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -179,12 +180,19 @@ build_image() {
   echo "    $image: $(du -h "$archive" | cut -f1)"
 }
 
+# buildah's image store is shared by every checkout on the machine, as the Go caches are: a fresh
+# clone finds the Debian bases and the agent's image there (building them takes about 5 minutes).
+BUILDAH_STORE="${XDG_CACHE_HOME:-$HOME/.cache}/tiniest-durable-agent/containers"
+
 buildah_() {
   # buildah's defaults ask for a runtime and ulimits (for RUN steps) that this machine's runc lacks.
-  [ -f "$K8S_CACHE/containers.conf" ] ||
+  if [ ! -f "$BUILDAH_STORE/containers.conf" ]; then
+    mkdir -p "$BUILDAH_STORE"
     printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]\n[engine]\nruntime = "runc"\n' \
-      >"$K8S_CACHE/containers.conf"
-  CONTAINERS_CONF="$K8S_CACHE/containers.conf" buildah --root "$K8S_CACHE/containers/storage" --runroot "$K8S_CACHE/containers/run" --storage-driver vfs "$@"
+      >"$BUILDAH_STORE/containers.conf"
+  fi
+  CONTAINERS_CONF="$BUILDAH_STORE/containers.conf" buildah --root "$BUILDAH_STORE/storage" \
+    --runroot "$BUILDAH_STORE/run" --storage-driver vfs "$@"
 }
 
 build_images() {
