@@ -56,4 +56,4 @@ k8s-status: ## Show the cluster's processes, node and pods, and check it is kept
 
 k8s-test: ## Test the running cluster (API, node, Dapr, a sidecar), then the agent deployed from deploy/ on it
 	@scripts/setup.sh python >/dev/null
-	$(VENV)/bin/python -m pytest k8s/tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest k8s/tests -rP $(PYTEST_ARGS)
