@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
 from service_runner.http_door import HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
+from service_runner.tool_calls import name_tool_calls
 from service_runner.topic_door import DEAD_LETTER, runnable
 
 STATUS_PATH = "/agent/instances/{instance_id}"
@@ -44,6 +45,7 @@ class ServiceRunner(AgentRunner):
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
         # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
         agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
+        name_tool_calls(agent)
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
         if not agent.tools:  # answers to tools' questions and approvals of tool calls: none to give
             _remove_routes(app, lambda path: path == "/run/input" or path.startswith("/hitl/"))
