@@ -1,0 +1,184 @@
+"""A tool, and a human who approves it: durable_agent_tool.py, crash-tested.
+
+Each story runs the README's command for the tool service and its curl commands. The tool appends a
+line, keyed by `<instance id>:<tool call id>`, to outbox.txt, so a story counts the tool's runs by
+the lines that carry its run's id. To hold the tool in the middle of its work, a story makes
+outbox.txt a named pipe and keeps it full: the tool's write blocks until the story reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shlex
+import stat
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import (
+    ROOT,
+    SERVICE_URL,
+    DaprRun,
+    answer_of,
+    calls_for,
+    readme_command,
+    wait_for,
+    wait_for_outcome,
+)
+from tests.llm_server import HAIKU, LLMServer
+
+TOOL_SERVICE = readme_command("dapr run --app-id durable-agent-tool")
+POST_TASK = readme_command("curl -X POST http://localhost:8001/run")
+LIST_APPROVALS = readme_command("curl http://localhost:8001/hitl/approvals")
+APPROVE = readme_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
+DENY = readme_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": false')
+OUTBOX = ROOT / "outbox.txt"
+NOT_EXECUTED = "Tool 'publish_haiku' was not executed: approval was not granted or timed out."
+# Long enough for every story that does not wait the timeout out, restarts included.
+NO_TIMEOUT_S = 600
+
+
+def curl(command: str, **replace: str) -> Any:
+    for placeholder, value in replace.items():
+        command = command.replace(f"<{placeholder}>", value)
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def start_task(task: str) -> str:
+    """The README's curl that gives the tool service a task, with `task` in it; the run's id."""
+    return curl(POST_TASK.replace("Write a haiku about programming and publish it.", task))["instance_id"]
+
+
+def waiting_approval(instance_id: str) -> dict[str, Any]:
+    """The approval the run waits for, once the README's list shows it."""
+
+    def listed() -> dict[str, Any] | None:
+        return next((a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id), None)
+
+    return wait_for(listed, 30, f"run {instance_id} to wait for an approval")
+
+
+def respond(approval_id: str, body: Any, content_type: str = "application/json") -> requests.Response:
+    url = f"{SERVICE_URL}/hitl/approvals/{approval_id}/respond"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(url, data=data, headers={"Content-Type": content_type}, timeout=30)
+
+
+def published(instance_id: str, outbox: bytes | None = None) -> int:
+    """How many times the tool has published for the run: lines of the outbox with its id."""
+    text = (outbox if outbox is not None else OUTBOX.read_bytes() if OUTBOX.exists() else b"").decode()
+    return sum(1 for line in text.splitlines() if line.startswith(f"{instance_id}:"))
+
+
+def conversation(service: DaprRun, instance_id: str) -> list[dict[str, Any]]:
+    return service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")["messages"]
+
+
+def assert_published_once_and_answered(service: DaprRun, instance_id: str, outcome: dict[str, Any]) -> None:
+    """The run completed; its conversation holds the one tool call and its result, which the answer carries."""
+    assert outcome["runtime_status"] == "COMPLETED"
+    messages = conversation(service, instance_id)
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    (call,) = messages[1]["tool_calls"]
+    assert call["function"]["name"] == "publish_haiku"
+    assert json.loads(call["function"]["arguments"]) == {"haiku": HAIKU}
+    assert messages[2]["content"] == f"Published as {instance_id}:{call['id']}."
+    assert answer_of(outcome) == f"The tool answered: {messages[2]['content']}"
+
+
+@pytest.fixture
+def outbox() -> Iterator[Path]:
+    """outbox.txt, empty for the story; a user's own is put back afterwards."""
+    kept = OUTBOX.read_bytes() if OUTBOX.exists() and stat.S_ISREG(OUTBOX.stat().st_mode) else None
+    OUTBOX.unlink(missing_ok=True)
+    yield OUTBOX
+    OUTBOX.unlink(missing_ok=True)
+    if kept is not None:
+        OUTBOX.write_bytes(kept)
+
+
+@pytest.fixture
+def start_tool_service(dapr_env: dict[str, str]) -> Iterator[Callable[..., DaprRun]]:
+    """Starts the README's tool service command; every one started is stopped at the end."""
+    runs: list[DaprRun] = []
+
+    def start(timeout_s: int = NO_TIMEOUT_S) -> DaprRun:
+        run = DaprRun(TOOL_SERVICE, {**dapr_env, "APPROVAL_TIMEOUT_SECONDS": str(timeout_s)}, "tool-service")
+        runs.append(run)
+        run.wait_until_ready(SERVICE_URL)
+        return run
+
+    yield start
+    for run in runs:
+        run.stop()
+
+
+class FullPipe:
+    """outbox.txt as a named pipe kept full, so a tool's write blocks until `drain` reads."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        filler = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        for size in (4096, 1):  # whole pages, then what is left of the last one
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(filler, b"#" * size)
+        os.close(filler)
+        self.read = b""
+
+    def opened_by(self, pid: int) -> bool:
+        """Whether process `pid` has the pipe open: the tool is in the middle of its write."""
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if os.readlink(fd) == str(self.path):
+                        return True
+        return False
+
+    def drain(self) -> bytes:
+        """Read what the pipe holds now; the tool's blocked write goes through."""
+        while True:
+            try:
+                chunk = os.read(self.reader, 65536)
+            except OSError as error:
+                if error.errno != errno.EAGAIN:
+                    raise
+                return self.read
+            if not chunk:
+                return self.read
+            self.read += chunk.replace(b"#", b"")
+
+    def close(self) -> None:
+        os.close(self.reader)
+
+
+def test_an_approved_tool_call_runs_the_tool_once_and_its_result_reaches_the_answer(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    task = f"Write a haiku about tools and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval = waiting_approval(instance_id)
+    assert approval["step_name"] == "publish_haiku" and approval["tool_arguments"] == {"haiku": HAIKU}
+    assert published(instance_id) == 0 and calls_for(llm, task) == 1
+
+    answer = curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
+
+    assert answer == {"approval_request_id": approval["approval_request_id"], "approved": True, "status": "ok"}
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}")
+    assert_published_once_and_answered(service, instance_id, outcome)
+    assert published(instance_id) == 1
+    assert calls_for(llm, task) == 2  # one that asks for the tool, one that answers with its result
+    assert curl(LIST_APPROVALS) == []
