@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import uuid
@@ -148,7 +149,7 @@ class FullPipe:
         return False
 
     def drain(self) -> bytes:
-        """Read what the pipe holds now; the tool's blocked write goes through."""
+        """Read what the pipe holds now, and return all the lines read so far."""
         while True:
             try:
                 chunk = os.read(self.reader, 65536)
@@ -182,3 +183,53 @@ def test_an_approved_tool_call_runs_the_tool_once_and_its_result_reaches_the_ans
     assert published(instance_id) == 1
     assert calls_for(llm, task) == 2  # one that asks for the tool, one that answers with its result
     assert curl(LIST_APPROVALS) == []
+
+
+@pytest.mark.parametrize("victim", ["appPid", "daprdPid"], ids=["agent", "sidecar"])
+def test_a_run_survives_kill_9_in_the_middle_of_the_tool_and_records_the_call_once(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path, victim: str
+) -> None:
+    pipe = FullPipe(outbox)
+    try:
+        service = start_tool_service()
+        task = f"Write a haiku about crashes and publish it ({uuid.uuid4().hex[:8]})."
+        instance_id = start_task(task)
+        curl(APPROVE, **{"approval-id": waiting_approval(instance_id)["approval_request_id"]})
+        wait_for(lambda: pipe.opened_by(service.sidecar["appPid"]), 30, "the tool to block in its write")
+
+        os.kill(service.sidecar[victim], signal.SIGKILL)
+        wait_for(lambda: service.process.poll() is not None, 30, "`dapr run` to end after the kill")
+        service = start_tool_service()
+        wait_for(lambda: pipe.opened_by(service.sidecar["appPid"]), 60, "the tool to run again")
+        pipe.drain()  # room in the pipe: the tool's write goes through
+
+        outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=120)
+        lines = pipe.drain()
+    finally:
+        pipe.close()
+    assert_published_once_and_answered(service, instance_id, outcome)
+    assert 1 <= published(instance_id, lines) <= 2  # at least once: the interrupted try may have written too
+    assert calls_for(llm, task) == 2  # the tool's repeat costs no LLM call
+
+
+def test_a_tool_that_returned_before_the_agent_was_killed_is_not_run_again(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    task = f"Write a haiku about finished work and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval = waiting_approval(instance_id)
+    release = llm.state.hold_next()  # the LLM call after the tool, which the kill interrupts
+    curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
+    wait_for(lambda: calls_for(llm, task) == 2, 30, "the LLM call that follows the tool")
+    assert published(instance_id) == 1
+
+    os.kill(service.sidecar["appPid"], signal.SIGKILL)
+    wait_for(lambda: service.process.poll() is not None, 30, "`dapr run` to end after the kill")
+    release.set()
+    service = start_tool_service()
+
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=120)
+    assert_published_once_and_answered(service, instance_id, outcome)
+    assert published(instance_id) == 1
+    assert calls_for(llm, task) == 3  # the interrupted call, repeated once
