@@ -233,3 +233,116 @@ def test_a_tool_that_returned_before_the_agent_was_killed_is_not_run_again(
     assert_published_once_and_answered(service, instance_id, outcome)
     assert published(instance_id) == 1
     assert calls_for(llm, task) == 3  # the interrupted call, repeated once
+
+
+def test_an_approval_pending_across_a_restart_of_the_agent_and_its_sidecar_is_still_pending(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    task = f"Write a haiku about patience and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval = waiting_approval(instance_id)
+
+    for victim in ("appPid", "daprdPid"):
+        os.kill(service.sidecar[victim], signal.SIGKILL)
+    wait_for(lambda: service.process.poll() is not None, 30, "`dapr run` to end after the kill")
+    service = start_tool_service()
+
+    assert curl(LIST_APPROVALS) == [approval]
+    curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}")
+    assert_published_once_and_answered(service, instance_id, outcome)
+    assert published(instance_id) == 1
+    assert calls_for(llm, task) == 2
+
+
+def assert_denied(service: DaprRun, llm: LLMServer, task: str, instance_id: str) -> None:
+    """The run completed without the tool, and the model was told so in the tool's place."""
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=90)
+    assert outcome["runtime_status"] == "COMPLETED"
+    told = [r.body["messages"][-1] for r in llm.state.chat_requests() if task in r.user_text][-1]
+    assert told["role"] == "tool" and told["content"] == NOT_EXECUTED
+    assert [m["role"] for m in conversation(service, instance_id)] == ["user", "assistant", "tool", "assistant"]
+    assert answer_of(outcome) == f"The tool answered: {NOT_EXECUTED}"
+    assert published(instance_id) == 0
+    assert calls_for(llm, task) == 2
+
+
+def test_a_denied_tool_call_does_not_run_and_the_model_is_told(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    task = f"Write a haiku about refusal and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval = waiting_approval(instance_id)
+
+    answer = curl(DENY, **{"approval-id": approval["approval_request_id"]})
+
+    assert answer == {"approval_request_id": approval["approval_request_id"], "approved": False, "status": "ok"}
+    assert_denied(service, llm, task, instance_id)
+
+
+def test_no_decision_within_the_timeout_denies_the_tool_call(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service(timeout_s=5)
+    task = f"Write a haiku about silence and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval = waiting_approval(instance_id)
+
+    assert_denied(service, llm, task, instance_id)
+    assert curl(LIST_APPROVALS) == []
+    late = respond(approval["approval_request_id"], {"approved": True})
+    assert late.status_code == 409 and "timed out" in late.json()["detail"], late.text
+
+
+def test_bad_decisions_get_a_clear_4xx_and_the_approval_still_waits(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    task = f"Write a haiku about rules and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval_id = waiting_approval(instance_id)["approval_request_id"]
+    for approval, body, content_type, status, detail in [
+        (approval_id, {"approved": True}, "text/plain", 415, "Content-Type: application/json"),
+        (approval_id, b"{approved: true}", "application/json", 400, "not JSON"),
+        (approval_id, {"approved": "yes"}, "application/json", 422, '"approved": true or false'),
+        (approval_id, {"approved": 1}, "application/json", 422, '"approved": true or false'),
+        (approval_id, [True], "application/json", 422, "a JSON object"),
+        (approval_id, {}, "application/json", 422, "a JSON object"),
+        (approval_id, {"approved": True, "by": "me"}, "application/json", 422, 'unknown field "by"'),
+        (approval_id, {"approved": True, "reason": 7}, "application/json", 422, '"reason" must be a string'),
+        (approval_id, {"approved": True, "reason": "x" * 1001}, "application/json", 422, "longer than 1000"),
+        (approval_id, {"approved": True, "reason": "a\x00b"}, "application/json", 422, "control characters"),
+        (approval_id, b"x" * 20000, "application/json", 413, "larger than"),
+        ("not-an-id", {"approved": True}, "application/json", 404, "no approval has that id"),
+        (str(uuid.uuid4()), {"approved": True}, "application/json", 404, "no approval is waiting with that id"),
+    ]:
+        answer = respond(approval, body, content_type)
+        assert answer.status_code == status and detail in answer.json()["detail"], (body, answer.text)
+    assert [a["approval_request_id"] for a in curl(LIST_APPROVALS)] == [approval_id]
+    assert published(instance_id) == 0 and calls_for(llm, task) == 1
+
+    assert respond(approval_id, {"approved": True}).status_code == 200
+    twice = respond(approval_id, {"approved": False})
+    assert twice.status_code == 409 and twice.json()["detail"] == "this approval was decided already: approved"
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}")
+    assert_published_once_and_answered(service, instance_id, outcome)
+    assert published(instance_id) == 1 and calls_for(llm, task) == 2
+
+
+def test_a_decision_for_a_run_that_was_terminated_while_it_waited_gets_409(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    start_tool_service()
+    task = f"Write a haiku about endings and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    approval_id = waiting_approval(instance_id)["approval_request_id"]
+    terminated = requests.post(f"{SERVICE_URL}/agent/instances/{instance_id}/terminate", timeout=30)
+    assert terminated.status_code == 200, terminated.text
+
+    late = respond(approval_id, {"approved": True})
+
+    assert late.status_code == 409 and late.json()["detail"] == "the run that asked for this approval has ended"
+    assert curl(LIST_APPROVALS) == []
+    assert published(instance_id) == 0 and calls_for(llm, task) == 1
