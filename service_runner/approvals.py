@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ class Approvals:
         self.agent = agent
         self.workflows = workflows
         self.dapr = DaprClient()
+        self._deciding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def close(self) -> None:
         self.dapr.close()
@@ -46,6 +48,13 @@ class Approvals:
     async def decide(self, approval_request_id: str, request: Request) -> dict[str, Any]:
         """Approve or deny a tool call waiting for a human, once."""
         decision = await request.json()  # checked by HttpDoor
+        # Two decisions at once on this replica: the second waits, then finds the first. Between
+        # replicas the store's first-write check settles it, slowly: resiliency.yaml's retries of
+        # agent-workflow take about 17 s to give the conflict up.
+        async with self._deciding.setdefault(approval_request_id, asyncio.Lock()):
+            return await self._decide(approval_request_id, decision)
+
+    async def _decide(self, approval_request_id: str, decision: dict[str, Any]) -> dict[str, Any]:
         earlier = await asyncio.to_thread(self._decision_made, approval_request_id)
         if earlier is not None:
             raise HTTPException(409, f"this approval was decided already: {_verdict(earlier)}")

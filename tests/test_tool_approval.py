@@ -18,6 +18,7 @@ import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +324,9 @@ def test_bad_decisions_get_a_clear_4xx_and_the_approval_still_waits(
     assert [a["approval_request_id"] for a in curl(LIST_APPROVALS)] == [approval_id]
     assert published(instance_id) == 0 and calls_for(llm, task) == 1
 
-    assert respond(approval_id, {"approved": True}).status_code == 200
+    with ThreadPoolExecutor(2) as pool:  # two approvers at once: one decides
+        both = list(pool.map(lambda _: respond(approval_id, {"approved": True}), range(2)))
+    assert sorted(r.status_code for r in both) == [200, 409], [r.text for r in both]
     twice = respond(approval_id, {"approved": False})
     assert twice.status_code == 409 and twice.json()["detail"] == "this approval was decided already: approved"
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}")
