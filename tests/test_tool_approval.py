@@ -8,6 +8,7 @@ outbox.txt a named pipe and keeps it full: the tool's write blocks until the sto
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -21,9 +22,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import (
     ROOT,
@@ -349,3 +353,52 @@ def test_a_decision_for_a_run_that_was_terminated_while_it_waited_gets_409(
     assert late.status_code == 409 and late.json()["detail"] == "the run that asked for this approval has ended"
     assert curl(LIST_APPROVALS) == []
     assert published(instance_id) == 0 and calls_for(llm, task) == 1
+
+
+decision_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+decision_bodies = st.one_of(
+    st.binary(max_size=100),
+    decision_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"approved": decision_values}, optional={"reason": decision_values}).map(
+        lambda v: json.dumps(v).encode()
+    ),
+    st.fixed_dictionaries({"approved": st.booleans()}, optional={"reason": st.text(max_size=50)}).map(
+        lambda v: json.dumps(v).encode()
+    ),
+)
+
+
+def test_a_fuzz_of_150_decisions_gets_no_5xx_and_the_run_ends_once(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    start_tool_service()
+    task = f"Write a haiku about noise and publish it ({uuid.uuid4().hex[:8]})."
+    instance_id = start_task(task)
+    waiting = waiting_approval(instance_id)["approval_request_id"]
+    statuses: collections.Counter[int] = collections.Counter()
+    others = st.sampled_from([str(uuid.uuid4()), waiting.upper(), "", "..", "%2F"]) | st.text(max_size=40)
+    ids = st.just(waiting) | others
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(approval=ids, body=decision_bodies, content_type=st.sampled_from(["application/json", "text/plain"]))
+    def door_holds(approval: str, body: bytes, content_type: str) -> None:
+        answer = respond(quote(approval, safe=""), body, content_type)
+        assert answer.status_code < 500, (approval, body, answer.text)
+        statuses[answer.status_code] += 1
+        if answer.status_code == 200:
+            decisions.append(answer.json()["approved"])
+
+    decisions: list[bool] = []
+    door_holds()
+    last = respond(waiting, {"approved": False})  # a decision the fuzz did not make ends the run
+
+    print(f"\nfuzz: 150 decisions, by status {dict(statuses)}")
+    assert last.status_code == (409 if decisions else 200), last.text
+    assert len(decisions) <= 1
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    assert published(instance_id) == (1 if decisions == [True] else 0)
+    assert calls_for(llm, task) == 2
