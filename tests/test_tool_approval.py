@@ -65,13 +65,15 @@ def start_task(task: str) -> str:
     return curl(POST_TASK.replace("Write a haiku about programming and publish it.", task))["instance_id"]
 
 
+def listed_for(instance_id: str) -> list[dict[str, Any]]:
+    """The approvals the README's list shows for the run (other stories' runs may wait too)."""
+    return [a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id]
+
+
 def waiting_approval(instance_id: str) -> dict[str, Any]:
     """The approval the run waits for, once the README's list shows it."""
-
-    def listed() -> dict[str, Any] | None:
-        return next((a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id), None)
-
-    return wait_for(listed, 30, f"run {instance_id} to wait for an approval")
+    (approval,) = wait_for(lambda: listed_for(instance_id), 30, f"run {instance_id} to wait for an approval")
+    return approval
 
 
 def respond(approval_id: str, body: Any, content_type: str = "application/json") -> requests.Response:
@@ -187,7 +189,7 @@ def test_an_approved_tool_call_runs_the_tool_once_and_its_result_reaches_the_ans
     assert_published_once_and_answered(service, instance_id, outcome)
     assert published(instance_id) == 1
     assert calls_for(llm, task) == 2  # one that asks for the tool, one that answers with its result
-    assert curl(LIST_APPROVALS) == []
+    assert listed_for(instance_id) == []
 
 
 @pytest.mark.parametrize("victim", ["appPid", "daprdPid"], ids=["agent", "sidecar"])
@@ -253,7 +255,7 @@ def test_an_approval_pending_across_a_restart_of_the_agent_and_its_sidecar_is_st
     wait_for(lambda: service.process.poll() is not None, 30, "`dapr run` to end after the kill")
     service = start_tool_service()
 
-    assert curl(LIST_APPROVALS) == [approval]
+    assert listed_for(instance_id) == [approval]
     curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}")
     assert_published_once_and_answered(service, instance_id, outcome)
@@ -296,7 +298,7 @@ def test_no_decision_within_the_timeout_denies_the_tool_call(
     approval = waiting_approval(instance_id)
 
     assert_denied(service, llm, task, instance_id)
-    assert curl(LIST_APPROVALS) == []
+    assert listed_for(instance_id) == []
     late = respond(approval["approval_request_id"], {"approved": True})
     assert late.status_code == 409 and "timed out" in late.json()["detail"], late.text
 
@@ -325,7 +327,7 @@ def test_bad_decisions_get_a_clear_4xx_and_the_approval_still_waits(
     ]:
         answer = respond(approval, body, content_type)
         assert answer.status_code == status and detail in answer.json()["detail"], (body, answer.text)
-    assert [a["approval_request_id"] for a in curl(LIST_APPROVALS)] == [approval_id]
+    assert [a["approval_request_id"] for a in listed_for(instance_id)] == [approval_id]
     assert published(instance_id) == 0 and calls_for(llm, task) == 1
 
     with ThreadPoolExecutor(2) as pool:  # two approvers at once: one decides
@@ -351,7 +353,7 @@ def test_a_decision_for_a_run_that_was_terminated_while_it_waited_gets_409(
     late = respond(approval_id, {"approved": True})
 
     assert late.status_code == 409 and late.json()["detail"] == "the run that asked for this approval has ended"
-    assert curl(LIST_APPROVALS) == []
+    assert listed_for(instance_id) == []
     assert published(instance_id) == 0 and calls_for(llm, task) == 1
 
 
