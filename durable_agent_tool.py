@@ -21,7 +21,7 @@ def ask_a_human(call: ToolHookContext) -> RequireApproval:
 
 runner = ServiceRunner()
 agent = DurableAgent(
-    name="Assistant",
+    name="Publisher",
     system_prompt="You are a helpful assistant",
     tools=[publish_haiku],
     hooks=Hooks(before_tool_call=[ask_a_human]),

@@ -24,7 +24,7 @@ from service_runner.approvals import Approvals
 from service_runner.http_door import HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.tool_calls import name_tool_calls
-from service_runner.topic_door import DEAD_LETTER, runnable
+from service_runner.topic_door import dead_letter, runnable
 
 STATUS_PATH = "/agent/instances/{instance_id}"
 STREAM_PUBSUB = "agent-stream"
@@ -60,9 +60,8 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
-        uvicorn.run(
-            HttpDoor(app, approvals=bool(agent.tools)), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001"))
-        )
+        door = HttpDoor(app, approvals=self._approvals is not None)
+        uvicorn.run(door, host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
 
     def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
@@ -79,7 +78,7 @@ class ServiceRunner(AgentRunner):
         """Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents
         1.0.9 (pinned) sets none, so this overrides the private hook that builds the subscription."""
         return [
-            replace(spec, dead_letter_topic=DEAD_LETTER, payload_filter=runnable)
+            replace(spec, dead_letter_topic=dead_letter(spec.topic), payload_filter=runnable)
             if spec.topic == config.agent_topic
             else spec
             for spec in super()._build_pubsub_specs(agent, config)

@@ -89,7 +89,7 @@ def published(instance_id: str, outbox: bytes | None = None) -> int:
 
 
 def conversation(service: DaprRun, instance_id: str) -> list[dict[str, Any]]:
-    return service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")["messages"]
+    return service.get_state("agent-workflow", f"publisher:_workflow_{instance_id}")["messages"]
 
 
 def assert_published_once_and_answered(service: DaprRun, instance_id: str, outcome: dict[str, Any]) -> None:
