@@ -1,9 +1,10 @@
 """The approval routes: the tool calls waiting for a human, and one decision on each.
 
 dapr-agents 1.0.9 keeps the waiting approvals in process memory, saved to the state store on each
-change and read back on start, so they outlive a restart. Its own routes answer a decision made
-twice with 404, lose nothing else, and let a decision through after the approval timed out; these
-answer 409 in both cases, and list only what a decision can still change.
+change and read back on start, so they outlive a restart. It drops an approval from that list when
+a decision comes, not when its timeout denies the call, and its own routes answer a second decision
+with 404, and one after the timeout with 200 while the run goes on (the workflow no longer waits for
+it). These routes answer 409 to both, and list only the approvals a decision can still change.
 """
 
 from __future__ import annotations

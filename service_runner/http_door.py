@@ -1,7 +1,8 @@
 """The HTTP door: an ASGI middleware that checks what every route of the agent is sent.
 
-Each route that starts or touches a run, or decides an approval, gets the same rules and the same clear 4xx, before
-dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405 itself).
+Each route that starts or touches a run, or decides an approval, gets the same rules and the same
+clear 4xx before dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405
+itself).
 """
 
 from __future__ import annotations
