@@ -231,13 +231,20 @@ class DaprRun:
 
 
 def dapr_list() -> list[dict[str, Any]]:
-    """The sidecars `dapr run` started on this machine. `dapr list` also shows the sidecars of
-    Kubernetes pods running here (no CLI started them), which may share the service's app id."""
+    """The sidecars on this machine's loopback. `dapr list` also shows those of Kubernetes pods
+    running here, in network namespaces of their own, which may share the service's app id."""
     out = subprocess.run([str(DAPR_BIN / "dapr"), "list", "-o", "json"], capture_output=True, text=True).stdout
     try:
-        return [sidecar for sidecar in json.loads(out) if sidecar.get("cliPid")]
+        return [sidecar for sidecar in json.loads(out) if _on_our_network(sidecar["daprdPid"])]
     except json.JSONDecodeError:
         return []  # "No Dapr instances found."
+
+
+def _on_our_network(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    except OSError:  # it has exited
+        return False
 
 
 @pytest.fixture(scope="module")
