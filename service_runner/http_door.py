@@ -28,6 +28,7 @@ RUN_ROUTE = re.compile(r"/agent/instances/(?P<instance_id>[^/]*)(?P<action>/stre
 # Instance ids this service makes are 32 hex digits; Dapr's own allow letters, digits, - and _.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # An approval's route: dapr-agents names each approval with a UUID made from the run and the tool call.
+APPROVAL_PATH = "/hitl/approvals/{approval_request_id}/respond"
 APPROVAL_ROUTE = re.compile(r"/hitl/approvals/(?P<approval_id>[^/]*)/respond")
 APPROVAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A decision is a yes or no and a short reason; nothing longer needs to reach the workflow's history.
@@ -40,9 +41,10 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 class HttpDoor:
     """Lets a request through to the agent's routes only if it is well formed for its route."""
 
-    def __init__(self, app: ASGIApp, approvals: bool = False) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.approvals = approvals  # whether the app serves the approval routes
+        # Only an agent with tools has the approval routes (runner.py); without them FastAPI answers 404.
+        self.approvals = any(getattr(route, "path", None) == APPROVAL_PATH for route in getattr(app, "routes", ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
 from service_runner.approvals import Approvals
-from service_runner.http_door import HttpDoor
+from service_runner.http_door import APPROVAL_PATH, HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.tool_calls import name_tool_calls
 from service_runner.topic_door import dead_letter, runnable
@@ -54,14 +54,13 @@ class ServiceRunner(AgentRunner):
         if agent.tools:
             self._approvals = Approvals(agent, self._workflows)
             _replace_route(app, "/hitl/approvals", self._approvals.waiting, method="GET")
-            _replace_route(app, "/hitl/approvals/{approval_request_id}/respond", self._approvals.decide)
+            _replace_route(app, APPROVAL_PATH, self._approvals.decide)
         else:  # approvals of tool calls: none to give
             _remove_routes(app, lambda path: path.startswith("/hitl/"))
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
-        door = HttpDoor(app, approvals=self._approvals is not None)
-        uvicorn.run(door, host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
+        uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         return app
 
     def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
