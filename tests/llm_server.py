@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(state.latency_s)
         message = _tool_step(body) or {"role": "assistant", "content": _structured_reply(body) or state.reply}
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        completion_tokens = len(json.dumps(message).split())
+        completion_tokens = len((message["content"] or json.dumps(message.get("tool_calls"))).split())
         self._send_json(
             200,
             {
