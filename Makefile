@@ -8,7 +8,7 @@ export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 # dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (README, "Traces").
 export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
-.PHONY: help setup up down status run serve test lint bench images k8s-up k8s-down k8s-status k8s-test
+.PHONY: help setup up down status run serve serve-tool test lint bench images k8s-up k8s-down k8s-status k8s-test
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ run: setup up ## The one-shot: the agent writes a haiku through a durable workfl
 
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
 	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_service.py
+
+serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (README, "A tool, and a human")
+	dapr run --app-id durable-agent-tool --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_tool.py
 
 test: setup lint ## Lint, then everything on the real stack: up, pytest, down (down also on failure)
 	@scripts/stack.sh up

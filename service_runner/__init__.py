@@ -4,9 +4,11 @@
 - http_door: the checks in front of every HTTP route;
 - topic_door: the check on the agent's topic, and its dead-letter topic;
 - once_only: at most one run per Idempotency-Key, and per published message;
-- subscription_fix: a fix of the Dapr Python SDK's subscription start.
+- subscription_fix: a fix of the Dapr Python SDK's subscription start;
+- tool_calls: the idempotency key of the tool call a tool is running for.
 """
 
 from service_runner.runner import ServiceRunner
+from service_runner.tool_calls import tool_call_key
 
-__all__ = ["ServiceRunner"]
+__all__ = ["ServiceRunner", "tool_call_key"]

@@ -1,17 +1,19 @@
 """The HTTP door: an ASGI middleware that checks what every route of the agent is sent.
 
-Each route that starts or touches a run gets the same rules and the same clear 4xx, before
-dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405 itself).
+Each route that starts or touches a run, or decides an approval, gets the same rules and the same
+clear 4xx before dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405
+itself).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from service_runner.task_checks import MAX_BODY_BYTES, BadTaskError, check_body
+from service_runner.task_checks import MAX_BODY_BYTES, BadTaskError, check_body, parse_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,6 +27,13 @@ TASK_ROUTES = ("/run", "/run/stream")
 RUN_ROUTE = re.compile(r"/agent/instances/(?P<instance_id>[^/]*)(?P<action>/stream|/terminate|/purge)?")
 # Instance ids this service makes are 32 hex digits; Dapr's own allow letters, digits, - and _.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# An approval's route: dapr-agents names each approval with a UUID made from the run and the tool call.
+APPROVAL_PATH = "/hitl/approvals/{approval_request_id}/respond"
+APPROVAL_ROUTE = re.compile(r"/hitl/approvals/(?P<approval_id>[^/]*)/respond")
+APPROVAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A decision is a yes or no and a short reason; nothing longer needs to reach the workflow's history.
+MAX_DECISION_BYTES = 16 * 1024
+MAX_REASON_CHARS = 1000
 # As the IETF draft and Stripe have it: a string of the client's choosing, 255 characters at most.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -34,6 +43,8 @@ class HttpDoor:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Only an agent with tools has the approval routes (runner.py); without them FastAPI answers 404.
+        self.approvals = any(getattr(route, "path", None) == APPROVAL_PATH for route in getattr(app, "routes", ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,6 +65,10 @@ class HttpDoor:
             if path == "/run" and b"idempotency-key" in headers:
                 _check_idempotency_key(headers[b"idempotency-key"])
             return _replay(await _read_task(headers, receive), receive)
+        if self.approvals and (approval_route := APPROVAL_ROUTE.fullmatch(path)) and method == "POST":
+            if not APPROVAL_ID.fullmatch(approval_route["approval_id"]):
+                raise BadTaskError(404, "no approval has that id (an id is a UUID, as GET /hitl/approvals lists it)")
+            return _replay(await _read_decision(headers, receive), receive)
         run_route = RUN_ROUTE.fullmatch(path)
         if run_route is None:
             return receive
@@ -77,6 +92,26 @@ async def _read_task(headers: dict[bytes, bytes], receive: Receive) -> bytes:
         raise BadTaskError(415, "send the task as JSON, with Content-Type: application/json")
     body = await _read_body(headers, receive, MAX_BODY_BYTES)
     check_body(body)
+    return body
+
+
+async def _read_decision(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
+        raise BadTaskError(415, "send the decision as JSON, with Content-Type: application/json")
+    body = await _read_body(headers, receive, MAX_DECISION_BYTES)
+    decision = parse_json(body)
+    shape = '{"approved": true or false, "reason": "..." (optional)}'
+    if not isinstance(decision, dict) or not isinstance(decision.get("approved"), bool):
+        raise BadTaskError(422, f"the body must be a JSON object {shape}")
+    if unknown := sorted(set(decision) - {"approved", "reason"}):
+        raise BadTaskError(422, f"unknown field {json.dumps(unknown[0])}: the body is {shape}")
+    reason = decision.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadTaskError(422, '"reason" must be a string')
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        raise BadTaskError(422, f'"reason" is longer than {MAX_REASON_CHARS} characters')
+    if reason is not None and any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n" for c in reason):
+        raise BadTaskError(422, '"reason" contains control characters (only tab and newline are allowed)')
     return body
 
 

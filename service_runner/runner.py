@@ -20,9 +20,11 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
-from service_runner.http_door import HttpDoor
+from service_runner.approvals import Approvals
+from service_runner.http_door import APPROVAL_PATH, HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
-from service_runner.topic_door import DEAD_LETTER, runnable
+from service_runner.tool_calls import name_tool_calls
+from service_runner.topic_door import dead_letter, runnable
 
 STATUS_PATH = "/agent/instances/{instance_id}"
 STREAM_PUBSUB = "agent-stream"
@@ -39,14 +41,22 @@ class ServiceRunner(AgentRunner):
     def __init__(self, **options: Any) -> None:
         self._workflows = OncePerMessageClient()
         super().__init__(wf_client=self._workflows, **options)
+        self._approvals: Approvals | None = None
         self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
         # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
         agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
+        name_tool_calls(agent)
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
-        if not agent.tools:  # answers to tools' questions and approvals of tool calls: none to give
-            _remove_routes(app, lambda path: path == "/run/input" or path.startswith("/hitl/"))
+        if "ask_user" not in agent.execution.builtin_tools:  # answers to the agent's questions: none asked
+            _remove_routes(app, lambda path: path == "/run/input")
+        if agent.tools:
+            self._approvals = Approvals(agent, self._workflows)
+            _replace_route(app, "/hitl/approvals", self._approvals.waiting, method="GET")
+            _replace_route(app, APPROVAL_PATH, self._approvals.decide)
+        else:  # approvals of tool calls: none to give
+            _remove_routes(app, lambda path: path.startswith("/hitl/"))
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
@@ -61,12 +71,14 @@ class ServiceRunner(AgentRunner):
     def shutdown(self, agent: DurableAgent | None = None) -> None:
         super().shutdown(agent)
         self._workflows.close()  # the base closes only a client it made itself
+        if self._approvals is not None:
+            self._approvals.close()
 
     def _build_pubsub_specs(self, agent: DurableAgent, config: Any) -> list[PubSubRouteSpec]:
         """Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents
         1.0.9 (pinned) sets none, so this overrides the private hook that builds the subscription."""
         return [
-            replace(spec, dead_letter_topic=DEAD_LETTER, payload_filter=runnable)
+            replace(spec, dead_letter_topic=dead_letter(spec.topic), payload_filter=runnable)
             if spec.topic == config.agent_topic
             else spec
             for spec in super()._build_pubsub_specs(agent, config)
@@ -142,8 +154,8 @@ def _remove_routes(app: FastAPI, unwanted: Callable[[str], bool]) -> None:
     app.router.routes[:] = [r for r in app.router.routes if not (isinstance(r, APIRoute) and unwanted(r.path))]
 
 
-def _replace_route(app: FastAPI, path: str, endpoint: Callable[..., Any]) -> None:
-    """Put `endpoint` where dapr-agents mounted its POST `path`, keeping its summary for the docs."""
-    (mounted,) = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods]
+def _replace_route(app: FastAPI, path: str, endpoint: Callable[..., Any], method: str = "POST") -> None:
+    """Put `endpoint` where dapr-agents mounted its `method` `path`, keeping its summary for the docs."""
+    (mounted,) = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == path and method in r.methods]
     _remove_routes(app, lambda p: p == path)
-    app.add_api_route(path, endpoint, methods=["POST"], summary=mounted.summary, tags=mounted.tags)
+    app.add_api_route(path, endpoint, methods=[method], summary=mounted.summary, tags=mounted.tags)

@@ -15,10 +15,12 @@ from dapr_agents.workflow.utils.subscription import MessageContext
 
 from service_runner.task_checks import BadTaskError, check_payload
 
-# Where the agent's topic moves a message it cannot run; nothing consumes it (README, "Bad input").
-DEAD_LETTER = "assistant.topic.deadletter"
-
 log = logging.getLogger("service_runner")
+
+
+def dead_letter(topic: str) -> str:
+    """Where an agent's topic moves a message it cannot run; nothing consumes it (README, "Bad input")."""
+    return f"{topic}.deadletter"
 
 
 def runnable(payload: Any, context: MessageContext) -> bool:
@@ -26,7 +28,8 @@ def runnable(payload: Any, context: MessageContext) -> bool:
         check_payload(payload)
     except BadTaskError as bad:
         event = context.event
-        log.warning("Rejected message %s on %s: %s; moved to %s", event.id, event.topic, bad.detail, DEAD_LETTER)
+        moved_to = dead_letter(event.topic)
+        log.warning("Rejected message %s on %s: %s; moved to %s", event.id, event.topic, bad.detail, moved_to)
         return False
     return True
 

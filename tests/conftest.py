@@ -231,11 +231,20 @@ class DaprRun:
 
 
 def dapr_list() -> list[dict[str, Any]]:
+    """The sidecars on this machine's loopback. `dapr list` also shows those of Kubernetes pods
+    running here, in network namespaces of their own, which may share the service's app id."""
     out = subprocess.run([str(DAPR_BIN / "dapr"), "list", "-o", "json"], capture_output=True, text=True).stdout
     try:
-        return json.loads(out)
+        return [sidecar for sidecar in json.loads(out) if _on_our_network(sidecar["daprdPid"])]
     except json.JSONDecodeError:
         return []  # "No Dapr instances found."
+
+
+def _on_our_network(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    except OSError:  # it has exited
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +321,9 @@ def post_with_key(task: str, key: str) -> requests.Response:
 def all_delivered() -> bool:
     """The agent has taken, and acknowledged, the newest message on its topic's Redis stream."""
     newest = redis_cli("xrevrange", "assistant.topic", "+", "-", "COUNT", "1").split()[0]
-    fields = redis_cli("xinfo", "groups", "assistant.topic").split()
-    group = dict(zip(fields[::2], fields[1::2], strict=True))
+    groups = redis_cli("xinfo", "groups", "assistant.topic").split("name\n")[1:]  # one per app id
+    fields = next(g for g in groups if g.startswith("durable-agent-service\n")).splitlines()
+    group = dict(zip(fields[1::2], fields[2::2], strict=False))
     return group["pending"] == "0" and group["last-delivered-id"] == newest
 
 

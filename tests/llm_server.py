@@ -95,6 +95,27 @@ def _structured_reply(body: dict[str, Any]) -> str | None:
     return json.dumps(answer)
 
 
+def _tool_step(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The assistant message a model that uses tools gives, when the request offers tools.
+
+    Offered tools and not yet called, it calls the first one, with the haiku for each string
+    argument; told a tool's result, it answers with it. As OpenAI's Chat Completions does, a call is
+    an assistant message with `tool_calls` (arguments as a JSON string), and a result arrives as a
+    `tool` message naming the call's id.
+    """
+    messages = body.get("messages") or []
+    if not body.get("tools") or not messages:
+        return None
+    if messages[-1].get("role") == "tool":
+        return {"role": "assistant", "content": f"The tool answered: {messages[-1].get('content')}"}
+    function = body["tools"][0]["function"]
+    parameters = function.get("parameters", {}).get("properties", {})
+    arguments = {name: HAIKU for name, schema in parameters.items() if schema.get("type") == "string"}
+    call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
+    call["function"] = {"name": function["name"], "arguments": json.dumps(arguments)}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -139,9 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(fault.status, {"error": {"message": f"injected {fault.status}", "type": "server_error"}})
             return
         time.sleep(state.latency_s)
-        content = _structured_reply(body) or state.reply
+        message = _tool_step(body) or {"role": "assistant", "content": _structured_reply(body) or state.reply}
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        completion_tokens = len(content.split())
+        completion_tokens = len((message["content"] or json.dumps(message.get("tool_calls"))).split())
         self._send_json(
             200,
             {
@@ -152,8 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
                     }
                 ],
                 "usage": {

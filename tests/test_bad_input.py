@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service_runner.task_checks import MAX_BODY_BYTES, MAX_TASK_BYTES
-from service_runner.topic_door import DEAD_LETTER
+from service_runner.topic_door import dead_letter
 from tests.conftest import (
     SERVICE_URL,
     TASK,
@@ -34,6 +34,7 @@ from tests.conftest import (
 from tests.llm_server import HAIKU, LLMServer
 
 JSON = {"Content-Type": "application/json"}
+DEAD_LETTER = dead_letter("assistant.topic")
 
 
 def post(body: bytes | str, headers: dict[str, str] | None = None, path: str = "/run") -> requests.Response:
