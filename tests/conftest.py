@@ -258,20 +258,50 @@ def service(dapr_env: dict[str, str]) -> Iterator[DaprRun]:
         run.stop()
 
 
-@pytest.fixture
-def start_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
-    """Starts the README's service command; every one started is stopped at the end."""
-    runs: list[DaprRun] = []
+ZIPKIN = "http://127.0.0.1:9411/api/v2"
+WORKFLOW_SPAN = "orchestration||dapr.agents.assistant.workflow"
 
-    def start() -> DaprRun:
-        run = DaprRun(SERVICE, dapr_env, "service")
-        runs.append(run)
+
+def trace_of_run(instance_id: str, zipkin: str = ZIPKIN, timeout: float = 30) -> list[dict[str, Any]]:
+    """The Zipkin trace holding the workflow run `instance_id`, found the way the README says."""
+
+    def found() -> list[dict[str, Any]] | None:
+        query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
+        traces = requests.get(f"{zipkin}/traces", params=query, timeout=5).json()
+        # Spans arrive in batches: wait for the agent's last step and the sidecar's workflow span,
+        # which daprd sends only after the run has ended. Names are matched whole: the sidecar's
+        # create_orchestration||... span, sent when the run starts, also contains "orchestration||".
+        last_spans = ("workflowactivity.dapr.agents.assistant.finalize_workflow", WORKFLOW_SPAN)
+        done = [t for t in traces if all(any(s["name"] == n for s in t) for n in last_spans)]
+        return done[0] if done else None
+
+    return wait_for(found, timeout, f"the trace of run {instance_id} in Zipkin", interval=1)
+
+
+class DaprRuns:
+    """Starts a README `dapr run` command as often as a story asks; `stop_all` stops every one."""
+
+    def __init__(self, command: str, name: str) -> None:
+        self.command, self.name = command, name
+        self.runs: list[DaprRun] = []
+
+    def start(self, env: dict[str, str]) -> DaprRun:
+        run = DaprRun(self.command, env, self.name)
+        self.runs.append(run)
         run.wait_until_ready(SERVICE_URL)
         return run
 
-    yield start
-    for run in runs:
-        run.stop()
+    def stop_all(self) -> None:
+        for run in self.runs:
+            run.stop()
+
+
+@pytest.fixture
+def start_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
+    """Starts the README's service command; every one started is stopped at the end."""
+    services = DaprRuns(SERVICE, "service")
+    yield lambda: services.start(dapr_env)
+    services.stop_all()
 
 
 def post_run(task: Any, service_url: str = SERVICE_URL) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import shlex
 import subprocess
-from typing import Any
 
 import requests
 
@@ -14,32 +13,14 @@ from tests.conftest import (
     SERVICE_URL,
     TASK,
     TRACED_SERVICE,
+    WORKFLOW_SPAN,
     DaprRun,
     post_run,
     readme_command,
-    wait_for,
+    trace_of_run,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
-
-ZIPKIN = "http://127.0.0.1:9411/api/v2"
-WORKFLOW_SPAN = "orchestration||dapr.agents.assistant.workflow"
-
-
-def trace_of_run(instance_id: str) -> list[dict[str, Any]]:
-    """The Zipkin trace holding the workflow run `instance_id`, found the way the README says."""
-
-    def found() -> list[dict[str, Any]] | None:
-        query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
-        traces = requests.get(f"{ZIPKIN}/traces", params=query, timeout=5).json()
-        # Spans arrive in batches: wait for the agent's last step and the sidecar's workflow span,
-        # which daprd sends only after the run has ended. Names are matched whole: the sidecar's
-        # create_orchestration||... span, sent when the run starts, also contains "orchestration||".
-        last_spans = ("workflowactivity.dapr.agents.assistant.finalize_workflow", WORKFLOW_SPAN)
-        done = [t for t in traces if all(any(s["name"] == n for s in t) for n in last_spans)]
-        return done[0] if done else None
-
-    return wait_for(found, 30, f"the trace of run {instance_id} in Zipkin", interval=1)
 
 
 def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_call_and_the_state_calls(

@@ -33,6 +33,7 @@ from tests.conftest import (
     ROOT,
     SERVICE_URL,
     DaprRun,
+    DaprRuns,
     answer_of,
     calls_for,
     readme_command,
@@ -118,17 +119,9 @@ def outbox() -> Iterator[Path]:
 @pytest.fixture
 def start_tool_service(dapr_env: dict[str, str]) -> Iterator[Callable[..., DaprRun]]:
     """Starts the README's tool service command; every one started is stopped at the end."""
-    runs: list[DaprRun] = []
-
-    def start(timeout_s: int = NO_TIMEOUT_S) -> DaprRun:
-        run = DaprRun(TOOL_SERVICE, {**dapr_env, "APPROVAL_TIMEOUT_SECONDS": str(timeout_s)}, "tool-service")
-        runs.append(run)
-        run.wait_until_ready(SERVICE_URL)
-        return run
-
-    yield start
-    for run in runs:
-        run.stop()
+    services = DaprRuns(TOOL_SERVICE, "tool-service")
+    yield lambda timeout_s=NO_TIMEOUT_S: services.start({**dapr_env, "APPROVAL_TIMEOUT_SECONDS": str(timeout_s)})
+    services.stop_all()
 
 
 class FullPipe:

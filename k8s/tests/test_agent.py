@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 import requests
@@ -20,11 +19,10 @@ import requests
 from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
-from tests.conftest import answer_of, port_open, readme_command, wait_for
+from tests.conftest import answer_of, port_open, readme_command, trace_of_run, wait_for
 from tests.llm_server import HAIKU
 
 TASK = "Write a haiku about programming."
-WORKFLOW_SPAN = "orchestration||dapr.agents.assistant.workflow"
 
 
 @pytest.fixture(scope="module")
@@ -185,17 +183,7 @@ def test_with_two_replicas_fifty_runs_complete_once_when_one_pod_is_killed(agent
 def test_the_trace_of_a_run_is_in_zipkin(agent: Agent) -> None:
     instance_id = start_run(agent, a_task("tracing"))
     assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
-    zipkin = f"http://{agent.service_ip('zipkin')}:9411/api/v2"
-
-    def trace() -> list[dict[str, Any]] | None:
-        query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
-        traces = requests.get(f"{zipkin}/traces", params=query, timeout=5).json()
-        # The sidecar sends its workflow span after the run ends; the app's spans come in batches.
-        last_spans = ("workflowactivity.dapr.agents.assistant.finalize_workflow", WORKFLOW_SPAN)
-        done = [t for t in traces if all(any(s["name"] == n for s in t) for n in last_spans)]
-        return done[0] if done else None
-
-    spans = wait_for(trace, 60, f"the trace of run {instance_id} in Zipkin", interval=1)
+    spans = trace_of_run(instance_id, zipkin=f"http://{agent.service_ip('zipkin')}:9411/api/v2", timeout=60)
     by_service: dict[str, set[str]] = {}
     for span in spans:
         by_service.setdefault(span["localEndpoint"]["serviceName"], set()).add(span["name"])
