@@ -16,7 +16,7 @@ from tests.llm_server import HAIKU, LLMServer
 TOKEN = "test-api-token-5d41402abc4b"
 # The README's "In production" commands: the service with a known sidecar port, and a call through it.
 GUARDED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--dapr-http-port 3500")
-INVOKE = readme_command("curl -X POST http://localhost:3500/v1.0/invoke/")
+INVOKE = readme_command("curl -X POST http://localhost:3500/v1.0/invoke/", containing="$DAPR_API_TOKEN")
 
 
 @pytest.fixture
