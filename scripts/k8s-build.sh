@@ -222,9 +222,10 @@ APP_IMAGE_REGISTRY=localhost/tda
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=http://deb.debian.org/debian
 
-# Builds image $1 from the Debian packages $2 (comma-separated) with mmdebstrap, into buildah's store.
-# Documentation and translations are left out (but for man1, which Java's postinst links into). The machine's trust store replaces Debian's, so that a
-# build step inside (pip) reaches the registries through this network exactly as the machine does.
+# Builds image $1 from the Debian packages $2 (comma-separated) with mmdebstrap, into buildah's store,
+# once: a later build reuses it as it is. Documentation and translations are left out (but for man1,
+# which Java's postinst links into). The machine's trust store replaces Debian's, so that a build step
+# inside (pip) reaches the registries through this network exactly as the machine does.
 debian_image() {
   local image=$1 packages=$2 rootfs="$K8S_BUILD/rootfs-$(basename "${1%:*}").tar" container
   if buildah_ inspect --type image "$image" >/dev/null 2>&1; then return; fi
