@@ -104,7 +104,7 @@ def test_the_clusters_resiliency_and_configuration_are_the_local_ones() -> None:
     assert cluster_config["spec"] == local_config["spec"]
 
 
-def test_the_deployment_carries_what_the_issue_asks_of_it() -> None:
+def test_the_deployment_has_probes_limits_a_non_root_user_and_time_to_finish_a_step() -> None:
     (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / "agent.yaml").read_text()) if d["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
     annotations = template["metadata"]["annotations"]
