@@ -86,13 +86,13 @@ class Agent:
     def pods(self) -> list[dict[str, Any]]:
         return kubectl_json("get", "pods", "-n", NAMESPACE, "-l", "app=durable-agent")["items"]
 
-    def ready_pods(self) -> list[str]:
-        return [p["metadata"]["name"] for p in self.pods() if _ready(p) and not p["metadata"].get("deletionTimestamp")]
-
     def wait_ready(self, replicas: int, timeout: float = 180) -> list[str]:
+        """The names of the agent's pods once there are `replicas` of them, all Ready, none going away."""
+
         def ready() -> list[str] | None:
-            names = self.ready_pods()
-            return names if len(names) == replicas and len(self.pods()) == replicas else None
+            pods = self.pods()  # one listing, so that the count and the states agree
+            settled = all(_ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods)
+            return [p["metadata"]["name"] for p in pods] if len(pods) == replicas and settled else None
 
         return wait_for(ready, timeout, f"{replicas} Ready agent pod(s) in {NAMESPACE}", interval=1)
 
