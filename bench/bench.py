@@ -2,8 +2,9 @@
 
 Measures, in one run so the figures compare: the floor (the openai SDK calling the LLM directly),
 the service (POST /run until COMPLETED, sequential and concurrent; each run split by workflow step;
-CPU per run), the same service untuned and with tracing off, the one-shot command, memory and Redis
-storage per run. Writes RESULTS.md and latency.png into the output folder.
+CPU per run), the service at a real model's latency with many runs in flight, before and after its
+workflow worker was sized and its Dapr client shared, the same service untuned and with tracing off,
+the one-shot command, memory and Redis storage per run. Writes RESULTS.md and latency.png into the output folder.
 Needs the stack up (`make up`). `--smoke` runs a few iterations, for the tests.
 """
 
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -62,10 +64,12 @@ class Plan:
     repeats: int
     one_shots: int
     storage_runs: int
+    model_latency_s: float  # "At a real model's latency": the LLM's answer time there
+    model_levels: tuple[int, ...]  # runs in flight there; each level runs twice as many runs
 
 
-FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000)
-SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10)
+FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000, 2.0, (1, 16, 64, 256))
+SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10, 0.2, (1, 4))
 
 
 ONE_SHOT_PHASES = ("sidecar ready", "agent ready", "first LLM request", "exit")
@@ -195,6 +199,114 @@ def throughput(level: int, runs: int) -> float:
     with ThreadPoolExecutor(max_workers=level) as pool:
         list(pool.map(lambda _: wait_for_outcome(post_run(TASK)["status_url"], 600, 0.05), range(runs)))
     return runs / (time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class Level:
+    """Runs with `in_flight` at a time, at a real model's latency."""
+
+    in_flight: int
+    runs_per_s: float
+    p50_s: float
+    p95_s: float
+    llm_at_once: int  # the most calls the LLM was answering at once
+    cpu_ms: dict[str, float]  # CPU per run, by process
+    peak_rss_mb: dict[str, float]  # after this level and those before it
+
+
+# The service as it was before service_runner sized its thread pools and shared one Dapr client: the
+# defaults of cpu_count + 4 threads, and a new Dapr client for every state operation and LLM call.
+BEFORE_SIZING = """
+import runpy
+from concurrent.futures import ThreadPoolExecutor
+
+from dapr.clients import DaprClient
+from dapr.ext.workflow import WorkflowRuntime
+
+import service_runner.runner as runner
+
+
+class NewClientEachTime(runner.SharedDaprClient):
+    def __call__(self) -> DaprClient:
+        return DaprClient()
+
+    def hand_to(self, agent: object) -> None:
+        pass
+
+
+runner.workflow_runtime = WorkflowRuntime
+runner.event_loop_executor = ThreadPoolExecutor
+runner.SharedDaprClient = NewClientEachTime
+runpy.run_path("durable_agent_service.py", run_name="__main__")
+"""
+
+
+def runs_in_flight(level: int, runs: int) -> tuple[float, list[float]]:
+    """Runs/s and each run's seconds from POST /run to its completion, `level` in flight at a time.
+    Each run is polled about once a second; its completion time is the one Dapr recorded."""
+    slots = threading.Semaphore(level)
+    lock = threading.Lock()
+    pending: dict[str, float] = {}  # status URL: when its run was posted
+    took: list[float] = []
+    finished: list[float] = []
+
+    def post() -> None:
+        slots.acquire()
+        at = time.time()
+        status_url = post_run(TASK)["status_url"]
+        with lock:
+            pending[status_url] = at
+
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=level) as posters:
+        for _ in range(runs):
+            posters.submit(post)
+        while len(took) < runs:
+            with lock:
+                polling = list(pending)
+            for status_url in polling:
+                answer = requests.get(f"{SERVICE_URL}{status_url}", timeout=60)
+                if answer.status_code != 200 or answer.json()["runtime_status"] not in ("COMPLETED", "FAILED"):
+                    continue  # 404 and 500 at a run's start: README, "Known limits"
+                assert answer.json()["runtime_status"] == "COMPLETED", answer.json()
+                done_at = datetime.fromisoformat(answer.json()["last_updated_at"]).timestamp()
+                with lock:
+                    took.append(done_at - pending.pop(status_url))
+                finished.append(done_at)
+                slots.release()
+            time.sleep(1)
+    return runs / (max(finished) - started), took
+
+
+def at_model_latency(command: str, name: str, env: dict[str, str], llm: LLMServer, plan: Plan) -> list[Level]:
+    """The service started by `command` at the plan's model latency, one level of runs in flight at a time."""
+    service = DaprRun(command, env, name)
+    levels = []
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        timed_run()
+        llm.state.latency_s = plan.model_latency_s
+        processes = {"agent": service.sidecar["appPid"], "daprd": service.sidecar["daprdPid"]}
+        for level in plan.model_levels:
+            runs = 2 * level
+            cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+            llm.state.reset_counts()
+            rate, took = runs_in_flight(level, runs)
+            levels.append(
+                Level(
+                    level,
+                    rate,
+                    percentile(took, 50),
+                    percentile(took, 95),
+                    llm.state.most_in_flight,
+                    {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 / runs for name, pid in processes.items()},
+                    {name: peak_rss_mb(pid) for name, pid in processes.items()},
+                )
+            )
+    finally:
+        llm.state.latency_s = 0.0
+        service.stop()
+    return levels
 
 
 def one_shot_phases(env: dict[str, str], llm: LLMServer) -> dict[str, float]:
@@ -356,6 +468,18 @@ def main() -> None:
         service.stop()
     llm.state.latency_s = 0.0
     with tempfile.TemporaryDirectory() as work:
+        before_sizing = Path(work) / "before_sizing.py"
+        before_sizing.write_text(BEFORE_SIZING)
+        model = {
+            "before: the SDK's worker, a Dapr client per call": at_model_latency(
+                SERVICE.replace("python durable_agent_service.py", f"python {before_sizing}"),
+                "bench-before-sizing",
+                {**env, "PYTHONPATH": str(ROOT)},
+                llm,
+                plan,
+            ),
+            "after: this repository": at_model_latency(SERVICE, "bench-model-latency", env, llm, plan),
+        }
         for name, change in VARIANTS.items():
             side_by_side[name] = measure_variant(change, env, llm, plan, Path(work))
         summarizing, summarizing_split = measure_summarizing(env, llm, plan, Path(work))
@@ -379,6 +503,7 @@ def main() -> None:
         imports,
         {"before: summarizing each run for memory": summarizing, "after: this repository": one_call},
         summarizing_split,
+        model,
     )
 
 
@@ -399,6 +524,7 @@ def write_results(
     imports: list[float],
     before_after: dict[str, dict[float, PerTask]],
     summarizing_split: dict[str, float],
+    model: dict[str, list[Level]],
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -434,7 +560,36 @@ def write_results(
     if 0.5 in medians:
         ratio = medians[0.5][1] / medians[0.5][0]
         goals.insert(2, ("within 10% of the floor at 500 ms LLM", f"{ratio:.2f}x", ratio <= 1.1))
+    cores = os.cpu_count() or 1
+    cpu_of_service = cpu_ms.get("agent", 0) + cpu_ms.get("daprd", 0)
+    goals += [
+        ("CPU per run, agent + daprd, ≤ 60 ms at 0 ms LLM", f"{cpu_of_service:.0f} ms", cpu_of_service <= 60),
+        ("overhead ≤ 80 ms p50 per run, 0 ms LLM", f"{overhead:.0f} ms", overhead <= 80),
+    ]
+    after_levels = {level.in_flight: level for level in model["after: this repository"]}
+    if 64 in after_levels:
+        seen = after_levels[64].llm_at_once
+        goal = f"LLM calls at once, 64 in flight, {plan.model_latency_s:g} s LLM, ≥ 48"
+        goals.append((goal, str(seen), seen >= 48))
+    if 256 in after_levels:
+        busiest = after_levels[256]
+        allowed = min(256 / plan.model_latency_s, cores * 1000 / sum(busiest.cpu_ms.values()))
+        share = busiest.runs_per_s / allowed
+        goals.append(
+            (
+                f"runs/s, 256 in flight, ≥ 80% of what {cores} cores allow at its CPU per run ({allowed:.1f})",
+                f"{busiest.runs_per_s:.1f} ({share:.0%})",
+                share >= 0.8,
+            )
+        )
     goal_rows = [f"| {goal} | {shown} | {'yes' if met else 'no'} |" for goal, shown, met in goals]
+    model_rows = [
+        f"| {name} | {level.in_flight} | {level.runs_per_s:.1f} | {level.p50_s:.2f} / {level.p95_s:.2f} | "
+        f"{level.llm_at_once} | {level.cpu_ms['agent']:.0f} / {level.cpu_ms['daprd']:.0f} | "
+        f"agent {level.peak_rss_mb['agent']:.0f}, daprd {level.peak_rss_mb['daprd']:.0f} |"
+        for name, levels in model.items()
+        for level in levels
+    ]
     turns = split.get("workflow turns between activities", 0)
     top_level = max(plan.concurrency)
     activities_of = {name: len(activities) for name in before_after}
@@ -499,6 +654,20 @@ median of {plan.repeats} repetitions.
 | LLM latency | runs in flight | runs/s |
 | --- | --- | --- |
 {chr(10).join(throughput_rows)}
+
+## At a real model's latency
+
+The test LLM answers each call after {plan.model_latency_s:g} s, as a real model takes seconds. At each
+level, twice as many runs as are in flight, a new one posted as one completes; a run's time is from
+`POST /run` to the completion Dapr records. "Before" is this repository's service as it was, in this
+same run: the Python SDK's workflow worker of cpu_count + 4 threads ({cores + 4} here), each LLM call
+holding one for its whole wait, and a new Dapr client for every state operation and LLM call.
+"After" sizes the worker to the sidecar's bound (`config/dapr-config.yaml`, 256) and shares one
+client (`service_runner/thread_pools.py`, `service_runner/dapr_client.py`).
+
+| service | in flight | runs/s | p50 / p95 s | LLM calls at once | CPU per run ms, agent / daprd | peak RSS MB |
+| --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(model_rows)}
 
 ## Before and after: one LLM call per task
 

@@ -28,14 +28,11 @@ DECISION_TTL_SECONDS = 7 * 24 * 3600
 
 
 class Approvals:
-    def __init__(self, agent: DurableAgent, workflows: DaprWorkflowClient) -> None:
+    def __init__(self, agent: DurableAgent, workflows: DaprWorkflowClient, dapr: DaprClient) -> None:
         self.agent = agent
         self.workflows = workflows
-        self.dapr = DaprClient()
+        self.dapr = dapr
         self._deciding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def close(self) -> None:
-        self.dapr.close()
 
     async def waiting(self) -> list[dict[str, Any]]:
         """List the approvals that are waiting for a decision."""

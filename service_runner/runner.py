@@ -21,8 +21,10 @@ from fastapi.routing import APIRoute
 
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
 from service_runner.approvals import Approvals
+from service_runner.dapr_client import SharedDaprClient
 from service_runner.http_door import APPROVAL_PATH, HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
+from service_runner.thread_pools import event_loop_executor, workflow_runtime
 from service_runner.tool_calls import name_tool_calls
 from service_runner.topic_door import dead_letter, runnable
 
@@ -40,28 +42,34 @@ class ServiceRunner(AgentRunner):
 
     def __init__(self, **options: Any) -> None:
         self._workflows = OncePerMessageClient()
-        super().__init__(wf_client=self._workflows, **options)
-        self._approvals: Approvals | None = None
+        self._dapr = SharedDaprClient()
+        super().__init__(wf_client=self._workflows, client_factory=self._dapr, **options)
+        self._runtime = workflow_runtime()
         self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
         # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
         agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
         name_tool_calls(agent)
+        self._dapr.hand_to(agent)
+        agent.start(runtime=self._runtime)  # before the base starts it with the SDK's 6-thread worker
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
         if "ask_user" not in agent.execution.builtin_tools:  # answers to the agent's questions: none asked
             _remove_routes(app, lambda path: path == "/run/input")
         if agent.tools:
-            self._approvals = Approvals(agent, self._workflows)
-            _replace_route(app, "/hitl/approvals", self._approvals.waiting, method="GET")
-            _replace_route(app, APPROVAL_PATH, self._approvals.decide)
+            approvals = Approvals(agent, self._workflows, self._dapr())
+            _replace_route(app, "/hitl/approvals", approvals.waiting, method="GET")
+            _replace_route(app, APPROVAL_PATH, approvals.decide)
         else:  # approvals of tool calls: none to give
             _remove_routes(app, lambda path: path.startswith("/hitl/"))
         _replace_route(app, "/run", self._start_run(agent))
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves")
-        uvicorn.run(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
+        server = uvicorn.Server(
+            uvicorn.Config(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
+        )
+        asyncio.run(_serve(server))
         return app
 
     def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
@@ -70,9 +78,9 @@ class ServiceRunner(AgentRunner):
 
     def shutdown(self, agent: DurableAgent | None = None) -> None:
         super().shutdown(agent)
+        self._runtime.shutdown()  # the agent stops only a runtime it made itself
         self._workflows.close()  # the base closes only a client it made itself
-        if self._approvals is not None:
-            self._approvals.close()
+        self._dapr.close()
 
     def _build_pubsub_specs(self, agent: DurableAgent, config: Any) -> list[PubSubRouteSpec]:
         """Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents
@@ -90,7 +98,7 @@ class ServiceRunner(AgentRunner):
             task = await request.json()  # checked by HttpDoor
             key = request.headers.get("idempotency-key")
             if key is None:
-                instance_id, replayed = await self.run(agent, task, wait=False), False
+                instance_id, replayed = await self.run(agent, task, wait=False, log=False), False
             else:
                 instance_id, replayed = await self._start_once(agent, task, run_id("run", key))
             started = {"instance_id": instance_id, "status_url": STATUS_PATH.format(instance_id=instance_id)}
@@ -105,7 +113,7 @@ class ServiceRunner(AgentRunner):
             existing = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id)
             if existing is None:
                 try:
-                    await self.run(agent, task, instance_id=instance_id, wait=False)
+                    await self.run(agent, task, instance_id=instance_id, wait=False, log=False)
                     return instance_id, False
                 except Exception:  # another replica started it in the meantime, or Dapr failed
                     existing = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id)
@@ -143,6 +151,11 @@ class ServiceRunner(AgentRunner):
         if state is None:
             raise HTTPException(404, "no run has that id")
         return state
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    asyncio.get_running_loop().set_default_executor(event_loop_executor())
+    await server.serve()
 
 
 async def _serving() -> dict[str, str]:

@@ -129,6 +129,8 @@ def llm(llm_server: LLMServer) -> LLMServer:
         state.latency_s = 0.0
         state.down_until = 0.0
         state.reply = HAIKU
+        state.gathering = None
+        state.most_in_flight = state.in_flight
     return llm_server
 
 

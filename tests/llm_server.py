@@ -2,7 +2,8 @@
 
 Dapr's conversation.openai component reaches it exactly as it would reach OpenAI
 (POST {OPENAI_BASE_URL}/chat/completions with a bearer key). It records every request and
-can be told to answer slowly, fail with a status code, or hold an answer until released.
+can be told to answer slowly, fail with a status code, or hold an answer until released, and it
+counts the calls it holds at once.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ class Fault:
 
 
 @dataclass
+class Gathering:
+    """Every call waits until `calls` wait at once, or until `deadline` (time.monotonic()) passes."""
+
+    calls: int
+    deadline: float
+    reached: bool = False
+
+
+@dataclass
 class FakeOpenAI:
     """Server state. Tests change `latency_s`, `reply` and `faults` between requests."""
 
@@ -59,6 +69,21 @@ class FakeOpenAI:
     faults: list[Fault] = field(default_factory=list)
     requests: list[ChatRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0  # chat requests received and not yet answered
+    most_in_flight: int = 0
+    gathering: Gathering | None = None
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+    def gather(self, calls: int, within_s: float) -> None:
+        """Hold each call until `calls` are held at once (then answer them all), or `within_s` passes."""
+        with self.lock:
+            self.gathering = Gathering(calls, time.monotonic() + within_s)
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.most_in_flight = self.in_flight
 
     def fail_next(self, times: int, status: int) -> None:
         with self.lock:
@@ -150,6 +175,16 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append(ChatRequest(headers=dict(self.headers.items()), body=body))
             fault = state.faults.pop(0) if state.faults else None
+            state.in_flight += 1
+            state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            state.changed.notify_all()
+        try:
+            self._answer(state, body, fault)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _answer(self, state: FakeOpenAI, body: dict[str, Any], fault: Fault | None) -> None:
         if not self.headers.get("Authorization", "").startswith("Bearer "):
             self._send_json(401, {"error": {"message": "missing API key", "type": "invalid_request_error"}})
             return
@@ -159,6 +194,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.status:
             self._send_json(fault.status, {"error": {"message": f"injected {fault.status}", "type": "server_error"}})
             return
+        with state.lock:
+            gathering = state.gathering
+            while gathering and not gathering.reached and not self.server.stopping.is_set():
+                gathering.reached = state.in_flight >= gathering.calls or time.monotonic() > gathering.deadline
+                state.changed.notify_all()
+                state.changed.wait(0.1)
         time.sleep(state.latency_s)
         message = _tool_step(body) or {"role": "assistant", "content": _structured_reply(body) or state.reply}
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))

@@ -40,5 +40,9 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     # One LLM call and four activities per task; five and two with the agent summarizing for memory.
     assert re.search(r"\| before: summarizing each run for memory \| 2\.0 \| 5 \| \d+ \| [\d.]+ \|", results), results
     assert re.search(r"\| after: this repository \| 1\.0 \| 4 \| \d+ \| [\d.]+ \|", results), results
+    for service in ("before: the SDK's worker, a Dapr client per call", "after: this repository"):
+        for level in (1, 4):
+            row = rf"\| {re.escape(service)} \| {level} \| [\d.]+ \| [\d.]+ / [\d.]+ \| (\d+) \| \d+ / \d+ \| agent \d+"
+            assert re.search(row, results), (row, results)
     plot = (tmp_path / "latency.png").read_bytes()
     assert plot.startswith(b"\x89PNG") and len(plot) > 20_000

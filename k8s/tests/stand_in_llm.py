@@ -2,7 +2,9 @@
 
 The agent's sidecar reaches it at http://stand-in-llm:8080/v1 as it would reach OpenAI. The tests,
 outside the cluster, use port 8081: GET /requests lists what the model was asked, POST /hold holds
-the next request until POST /release, POST /latency?seconds=S slows every answer. Requests are
+the next request until POST /release, POST /latency?seconds=S slows every answer, POST
+/gather?calls=N&within=S holds every call until N are held at once (or S seconds pass), and GET
+/in-flight counts the calls being answered now and the most at once since the gathering. Requests are
 listed with a digest of their Authorization header, so that the API key never leaves this pod.
 """
 
@@ -39,6 +41,11 @@ class _Control(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        state = self.server.llm.state
+        if self.path == "/in-flight":
+            with state.lock:
+                self._reply({"in_flight": state.in_flight, "most_in_flight": state.most_in_flight})
+            return
         if self.path != "/requests":
             self.send_error(404)
             return
@@ -54,6 +61,11 @@ class _Control(BaseHTTPRequestHandler):
         elif self.path.startswith("/latency?seconds="):
             self.server.llm.state.latency_s = float(self.path.split("=", 1)[1])
             self._reply({"latency_s": self.server.llm.state.latency_s})
+        elif self.path.startswith("/gather?"):
+            asked = dict(pair.split("=", 1) for pair in self.path.split("?", 1)[1].split("&"))
+            self.server.llm.state.reset_counts()
+            self.server.llm.state.gather(int(asked["calls"]), float(asked["within"]))
+            self._reply(asked)
         elif self.path == "/release":
             for hold in self.server.holds:
                 hold.set()

@@ -147,32 +147,33 @@ def test_a_run_whose_pod_is_force_deleted_during_its_llm_call_completes_once_on_
     print(f"\nforce-deleted pod's run completed on the new pod {time.monotonic() - started:.0f}s later")
 
 
-def test_with_two_replicas_fifty_runs_complete_once_when_one_pod_is_killed(agent: Agent) -> None:
+def test_with_two_replicas_fifty_runs_at_once_complete_once_when_one_pod_is_killed(agent: Agent) -> None:
     kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=2")
     agent.wait_ready(2)
     agent.llm("POST", "/latency?seconds=5")  # so that runs are in the middle of their LLM call when a pod dies
+    agent.llm("POST", "/gather?calls=40&within=120")  # and no call is answered before 40 wait at once
     tasks = [a_task(f"replica {i}") for i in range(50)]
     try:
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            first = list(pool.map(lambda task: start_run(agent, task), tasks[:25]))
-            wait_for(lambda: sum(map(agent.llm_calls_for, tasks[:25])) >= 20, 30, "20 runs in their LLM call")
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            instance_ids = list(pool.map(lambda task: start_run(agent, task), tasks))
+            wait_for(lambda: agent.llm("GET", "/in-flight")["in_flight"] >= 40, 150, "40 runs in their LLM call")
             killed, activities = agent.busiest_pod()
             force_delete(killed)
-            rest = list(pool.map(lambda task: start_run(agent, task), tasks[25:]))
-            outcomes = list(pool.map(lambda instance: agent.outcome(instance, timeout=240), first + rest))
+            outcomes = list(pool.map(lambda instance: agent.outcome(instance, timeout=240), instance_ids))
+        at_once = agent.llm("GET", "/in-flight")["most_in_flight"]
     finally:
         agent.llm("POST", "/latency?seconds=0")
         kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=1")
 
-    instance_ids = first + rest
     calls = [agent.llm_calls_for(task) for task in tasks]
     completed = sum(o["runtime_status"] == "COMPLETED" and answer_of(o) == HAIKU for o in outcomes)
     print(
-        f"\n2 replicas, {killed} killed after 25 starts, hosting {activities} activities:"
-        f" started {len(set(instance_ids))}, completed {completed},"
+        f"\n2 replicas, 50 runs posted at once, the LLM saw {at_once} calls at once; {killed} killed,"
+        f" hosting {activities} activities: started {len(set(instance_ids))}, completed {completed},"
         f" duplicated {len(instance_ids) - len(set(instance_ids))}, lost {50 - completed};"
         f" LLM calls {sum(calls)} ({sum(c > 1 for c in calls)} runs' call repeated after the kill)"
     )
+    assert at_once >= 40, f"the two replicas had at most {at_once} of 50 runs in their LLM call at once"
     assert len(set(instance_ids)) == 50  # one run per task: no task started twice
     assert completed == 50  # none lost
     assert [start_run(agent, task) for task in tasks] == instance_ids  # and each is still the one run

@@ -1,0 +1,142 @@
+"""What one replica holds: every run it holds at once, up to the bound in the Dapr Configuration.
+
+The stand-in LLM counts the calls it is answering at once. A model that takes seconds per call makes
+that count, not CPU, the measure of a replica: the stories hold or slow the LLM's answers so that
+every run in flight is in its LLM call at the same time.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import yaml
+
+from tests.conftest import (
+    ROOT,
+    SERVICE,
+    SERVICE_URL,
+    DaprRun,
+    calls_for,
+    post_run,
+    wait_for_outcome,
+)
+from tests.llm_server import LLMServer
+
+METRICS_PORT = int(SERVICE.split("--metrics-port ")[1].split()[0])
+
+
+def run_all(tasks: list[str], posting: int = 64, polling: int = 16) -> collections.Counter[str]:
+    """Post every task at once (`posting` requests in flight), then wait for each run's end."""
+    with ThreadPoolExecutor(max_workers=posting) as pool:
+        runs = list(pool.map(post_run, tasks))
+    with ThreadPoolExecutor(max_workers=polling) as pool:
+        outcomes = pool.map(lambda run: wait_for_outcome(run["status_url"], timeout=900, interval=1), runs)
+        return collections.Counter(outcome["runtime_status"] for outcome in outcomes)
+
+
+def llm_calls_per_task(llm: LLMServer, tasks: list[str]) -> dict[int, int]:
+    """How many tasks cost how many LLM calls: {1: len(tasks)} when each cost one."""
+    asked = collections.Counter()
+    wanted = set(tasks)
+    for request in llm.state.chat_requests():
+        for task in wanted & set(re.findall(r"Write haiku number \d+ about \w+ \(\w+\)\.", request.user_text)):
+            asked[task] += 1
+    return dict(collections.Counter(asked[task] for task in tasks))
+
+
+def deployment_memory_limit() -> int:
+    """The agent container's memory limit in deploy/agent.yaml, in bytes."""
+    documents = yaml.safe_load_all((ROOT / "deploy" / "agent.yaml").read_text())
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (agent,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"]
+    limit = agent["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    return int(limit[:-2]) * 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The most memory process `pid` has held at once (VmHWM), in bytes."""
+    (line,) = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
+def health_probes() -> int:
+    """How often the sidecar has been asked `GET /v1.0/healthz/outbound`, from its Prometheus metrics:
+    every new Dapr client of the Python SDK asks it once, before its first call."""
+    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+    counts = re.findall(r"^dapr_http_server_request_count\{([^}]*)\} (\S+)$", text, re.MULTILINE)
+    return sum(int(float(value)) for labels, value in counts if 'path="/v1.0/healthz/outbound"' in labels)
+
+
+def test_64_runs_posted_at_once_are_all_in_their_llm_call_together_and_complete_once(
+    start_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    start_service()
+    batch = uuid.uuid4().hex[:8]
+    tasks = [f"Write haiku number {n} about concurrency ({batch})." for n in range(64)]
+    llm.state.latency_s = 2.0  # a real model's pace
+    llm.state.gather(48, within_s=120)  # no call is answered until 48 wait at once, or 2 minutes pass
+    started = time.monotonic()
+
+    statuses = run_all(tasks)
+
+    assert statuses == {"COMPLETED": 64}, statuses
+    assert llm.state.most_in_flight >= 48, f"the LLM saw at most {llm.state.most_in_flight} calls at once"
+    assert llm_calls_per_task(llm, tasks) == {1: 64}
+    print(f"\n64 runs, LLM 2 s: at most {llm.state.most_in_flight} calls at once, {time.monotonic() - started:.1f} s")
+
+
+def test_1000_runs_past_a_bound_of_32_wait_their_turn_and_all_complete_once(
+    dapr_env: dict[str, str], llm: LLMServer, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
+    workflow = config["spec"]["workflow"]
+    workflow["maxConcurrentActivityInvocations"] = workflow["maxConcurrentWorkflowInvocations"] = 32
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = SERVICE.replace("dapr run", f"dapr run --config {tmp_path / 'config.yaml'}", 1)
+    service = DaprRun(command, dapr_env, "bound-32")
+    batch = uuid.uuid4().hex[:8]
+    tasks = [f"Write haiku number {n} about patience ({batch})." for n in range(1000)]
+    llm.state.latency_s = 0.5
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        started = time.monotonic()
+        statuses = run_all(tasks)
+        elapsed = time.monotonic() - started
+        agent_peak = peak_rss(service.sidecar["appPid"])
+    finally:
+        service.stop()
+
+    assert statuses == {"COMPLETED": 1000}, statuses
+    assert llm_calls_per_task(llm, tasks) == {1: 1000}
+    assert llm.state.most_in_flight <= 32, f"the bound of 32 let {llm.state.most_in_flight} calls through at once"
+    assert agent_peak < deployment_memory_limit(), f"the agent's RSS reached {agent_peak / 2**20:.0f} MiB"
+    print(
+        f"\n1000 runs, bound 32, LLM 0.5 s: at most {llm.state.most_in_flight} calls at once, {elapsed:.0f} s, "
+        f"agent peak RSS {agent_peak / 2**20:.0f} MiB"
+    )
+
+
+def test_the_agent_builds_no_dapr_client_per_run(start_service: Callable[[], DaprRun], llm: LLMServer) -> None:
+    """dapr-agents builds a Dapr client for every state operation and LLM call (34 per run, counted
+    here) unless handed one (service_runner/dapr_client.py). A new dapr-agents that builds its
+    clients some other way shows here as probes per run."""
+    start_service()
+    batch = uuid.uuid4().hex[:8]
+    tasks = [f"Write haiku number {n} about reuse ({batch})." for n in range(50)]
+    run_all(tasks[:1])  # the first run sets up what every later run reuses
+    before = health_probes()
+
+    statuses = run_all(tasks[1:], posting=8)
+
+    probes = health_probes() - before
+    assert statuses == {"COMPLETED": 49}, statuses
+    assert probes == 0, f"{probes} new Dapr clients for 49 runs"
+    assert calls_for(llm, tasks[1]) == 1
