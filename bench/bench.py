@@ -244,37 +244,30 @@ runpy.run_path("durable_agent_service.py", run_name="__main__")
 def runs_in_flight(level: int, runs: int) -> tuple[float, list[float]]:
     """Runs/s and each run's seconds from POST /run to its completion, `level` in flight at a time.
     Each run is polled about once a second; its completion time is the one Dapr recorded."""
-    slots = threading.Semaphore(level)
-    lock = threading.Lock()
     pending: dict[str, float] = {}  # status URL: when its run was posted
     took: list[float] = []
     finished: list[float] = []
+    posted = 0
 
-    def post() -> None:
-        slots.acquire()
+    def post(_: int) -> tuple[str, float]:
         at = time.time()
-        status_url = post_run(TASK)["status_url"]
-        with lock:
-            pending[status_url] = at
+        return post_run(TASK)["status_url"], at
 
     started = time.time()
     with ThreadPoolExecutor(max_workers=level) as posters:
-        for _ in range(runs):
-            posters.submit(post)
         while len(took) < runs:
-            with lock:
-                polling = list(pending)
-            for status_url in polling:
+            wanted = min(level - len(pending), runs - posted)
+            pending.update(posters.map(post, range(wanted)))
+            posted += wanted
+            time.sleep(1)
+            for status_url in list(pending):
                 answer = requests.get(f"{SERVICE_URL}{status_url}", timeout=60)
                 if answer.status_code != 200 or answer.json()["runtime_status"] not in ("COMPLETED", "FAILED"):
-                    continue  # 404 and 500 at a run's start: README, "Known limits"
+                    continue  # 404 or 503 at a run's start: ask again
                 assert answer.json()["runtime_status"] == "COMPLETED", answer.json()
                 done_at = datetime.fromisoformat(answer.json()["last_updated_at"]).timestamp()
-                with lock:
-                    took.append(done_at - pending.pop(status_url))
+                took.append(done_at - pending.pop(status_url))
                 finished.append(done_at)
-                slots.release()
-            time.sleep(1)
     return runs / (max(finished) - started), took
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
+import grpc
 import uvicorn
 from dapr.ext.workflow import WorkflowStatus
 from dapr_agents import DurableAgent
@@ -31,6 +33,7 @@ from service_runner.topic_door import dead_letter, runnable
 STATUS_PATH = "/agent/instances/{instance_id}"
 STREAM_PUBSUB = "agent-stream"
 ENDED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
+log = logging.getLogger("service_runner")
 
 
 class ServiceRunner(AgentRunner):
@@ -66,6 +69,7 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves")
+        app.add_exception_handler(grpc.RpcError, _sidecar_failed)
         server = uvicorn.Server(
             uvicorn.Config(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
         )
@@ -156,6 +160,16 @@ class ServiceRunner(AgentRunner):
 async def _serve(server: uvicorn.Server) -> None:
     asyncio.get_running_loop().set_default_executor(event_loop_executor())
     await server.serve()
+
+
+async def _sidecar_failed(request: Request, error: Exception) -> JSONResponse:
+    """A call to the sidecar failed: the client may ask again in a moment, and nothing is lost. With
+    Redis as the actor store, a run's status read in the instant its first step is written fails so
+    (dapr/dapr #10242, fixed in Dapr 1.18.3)."""
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    log.warning("%s %s: the sidecar answered %s", request.method, request.url.path, details)
+    detail = "the agent's sidecar could not answer just now; ask again in a moment"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def _serving() -> dict[str, str]:

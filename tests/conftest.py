@@ -320,9 +320,9 @@ def wait_for_outcome(
 
     def ended() -> dict[str, Any] | None:
         response = requests.get(f"{service_url}{status_url}", timeout=60)
-        # 404: not scheduled yet. 500: read in the instant between two of Redis' non-transactional
-        # writes of a new run's state (README, "Known limits"); a client retries both.
-        if response.status_code in (404, 500):
+        # 404: not scheduled yet. 503: the sidecar could not read the run just now (it says when to
+        # ask again). A client retries both.
+        if response.status_code in (404, 503):
             return None
         status = response.json()
         return status if status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shlex
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -109,3 +111,23 @@ def test_healthz_answers_while_the_service_serves_and_takes_nothing_but_get(serv
 
     assert (healthy.status_code, healthy.json()) == (200, {"status": "serving"})
     assert posted.status_code == 405
+
+
+def test_status_urls_polled_from_the_moment_their_runs_start_never_answer_5xx_but_503(
+    service: DaprRun, llm: LLMServer
+) -> None:
+    """Read in the instant a run's first step is written, the sidecar can fail (dapr/dapr #10242);
+    the client then gets 503 with Retry-After, never a 500."""
+    batch = uuid.uuid4().hex[:8]
+
+    def poll_from_start(n: int) -> list[requests.Response]:
+        status_url = post_run(f"Write haiku number {n} about polling ({batch}).")["status_url"]
+        return [requests.get(f"{SERVICE_URL}{status_url}", timeout=30) for _ in range(25)]
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = [answer for polls in pool.map(poll_from_start, range(40)) for answer in polls]
+
+    by_status = collections.Counter(answer.status_code for answer in answers)
+    print(f"\n1,000 polls from the start of 40 runs, by status: {dict(by_status)}")
+    assert len(answers) == 1000 and set(by_status) <= {200, 404, 503}, by_status
+    assert all(a.headers.get("Retry-After") == "1" for a in answers if a.status_code == 503)

@@ -397,3 +397,25 @@ def test_a_fuzz_of_150_decisions_gets_no_5xx_and_the_run_ends_once(
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
     assert published(instance_id) == (1 if decisions == [True] else 0)
     assert calls_for(llm, task) == 2
+
+
+def test_16_runs_wait_for_approval_at_once_and_each_approval_runs_its_tool_once(
+    llm: LLMServer, start_tool_service: Callable[..., DaprRun], outbox: Path
+) -> None:
+    service = start_tool_service()
+    batch = uuid.uuid4().hex[:8]
+    tasks = [f"Write haiku {n} about patience and publish it ({batch})." for n in range(16)]
+    llm.state.gather(16, within_s=50)  # the first LLM call of every run is answered only when all 16 wait
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        instance_ids = list(pool.map(start_task, tasks))
+        approvals = list(pool.map(waiting_approval, instance_ids))
+        answers = list(pool.map(lambda a: curl(APPROVE, **{"approval-id": a["approval_request_id"]}), approvals))
+        outcomes = list(pool.map(lambda i: wait_for_outcome(f"/agent/instances/{i}", timeout=120), instance_ids))
+
+    assert llm.state.most_in_flight >= 16, f"the LLM saw at most {llm.state.most_in_flight} calls at once"
+    assert [answer["status"] for answer in answers] == ["ok"] * 16
+    for instance_id, outcome in zip(instance_ids, outcomes, strict=True):
+        assert_published_once_and_answered(service, instance_id, outcome)
+        assert published(instance_id) == 1
+    assert [calls_for(llm, task) for task in tasks] == [2] * 16
