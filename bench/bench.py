@@ -212,6 +212,7 @@ class Level:
     llm_at_once: int  # the most calls the LLM was answering at once
     cpu_ms: dict[str, float]  # CPU per run, by process
     peak_rss_mb: dict[str, float]  # after this level and those before it
+    failed: str = ""  # what went wrong, when the level could not be measured
 
 
 # The service as it was before service_runner sized its thread pools and shared one Dapr client: the
@@ -284,7 +285,13 @@ def at_model_latency(command: str, name: str, env: dict[str, str], llm: LLMServe
             runs = 2 * level
             cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
             llm.state.reset_counts()
-            rate, took = runs_in_flight(level, runs)
+            try:
+                rate, took = runs_in_flight(level, runs)
+            except requests.Timeout:
+                rss = {name: peak_rss_mb(pid) for name, pid in processes.items()}
+                failed = "`POST /run` timed out (60 s)"
+                levels.append(Level(level, 0, 0, 0, llm.state.most_in_flight, {}, rss, failed))
+                break
             levels.append(
                 Level(
                     level,
@@ -564,7 +571,7 @@ def write_results(
         seen = after_levels[64].llm_at_once
         goal = f"LLM calls at once, 64 in flight, {plan.model_latency_s:g} s LLM, ≥ 48"
         goals.append((goal, str(seen), seen >= 48))
-    if 256 in after_levels:
+    if 256 in after_levels and not after_levels[256].failed:
         busiest = after_levels[256]
         allowed = min(256 / plan.model_latency_s, cores * 1000 / sum(busiest.cpu_ms.values()))
         share = busiest.runs_per_s / allowed
@@ -577,9 +584,14 @@ def write_results(
         )
     goal_rows = [f"| {goal} | {shown} | {'yes' if met else 'no'} |" for goal, shown, met in goals]
     model_rows = [
-        f"| {name} | {level.in_flight} | {level.runs_per_s:.1f} | {level.p50_s:.2f} / {level.p95_s:.2f} | "
-        f"{level.llm_at_once} | {level.cpu_ms['agent']:.0f} / {level.cpu_ms['daprd']:.0f} | "
-        f"agent {level.peak_rss_mb['agent']:.0f}, daprd {level.peak_rss_mb['daprd']:.0f} |"
+        f"| {name} | {level.in_flight} | "
+        + (
+            f"{level.failed} | | {level.llm_at_once} | |"
+            if level.failed
+            else f"{level.runs_per_s:.1f} | {level.p50_s:.2f} / {level.p95_s:.2f} | {level.llm_at_once} | "
+            f"{level.cpu_ms['agent']:.0f} / {level.cpu_ms['daprd']:.0f} |"
+        )
+        + f" agent {level.peak_rss_mb['agent']:.0f}, daprd {level.peak_rss_mb['daprd']:.0f} |"
         for name, levels in model.items()
         for level in levels
     ]
@@ -651,7 +663,7 @@ median of {plan.repeats} repetitions.
 ## At a real model's latency
 
 The test LLM answers each call after {plan.model_latency_s:g} s, as a real model takes seconds. At each
-level, twice as many runs as are in flight, a new one posted as one completes; a run's time is from
+level, twice as many runs as are in flight, topped up once a second as runs complete; a run's time is from
 `POST /run` to the completion Dapr records. "Before" is this repository's service as it was, in this
 same run: the Python SDK's workflow worker of cpu_count + 4 threads ({cores + 4} here), each LLM call
 holding one for its whole wait, and a new Dapr client for every state operation and LLM call.
