@@ -101,6 +101,7 @@ class ServiceRunner(AgentRunner):
             """Start a run of the task; with an Idempotency-Key, at most one run per key."""
             task = await request.json()  # checked by HttpDoor
             key = request.headers.get("idempotency-key")
+            # log=False: else dapr-agents holds a thread per run until it ends, to log how it ended.
             if key is None:
                 instance_id, replayed = await self.run(agent, task, wait=False, log=False), False
             else:
