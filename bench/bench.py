@@ -3,7 +3,7 @@
 Measures, in one run so the figures compare: the floor (the openai SDK calling the LLM directly),
 the service (POST /run until COMPLETED, sequential and concurrent; each run split by workflow step;
 CPU per run), the service at a real model's latency with many runs in flight, before and after its
-workflow worker was sized and its Dapr client shared, the same service untuned and with tracing off,
+thread pools were sized and its Dapr client shared, the same service untuned and with tracing off,
 the one-shot command, memory and Redis storage per run. Writes RESULTS.md and latency.png into the output folder.
 Needs the stack up (`make up`). `--smoke` runs a few iterations, for the tests.
 """
