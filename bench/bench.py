@@ -46,6 +46,7 @@ from tests.conftest import (  # noqa: E402
     SERVICE_URL,
     TASK,
     DaprRun,
+    peak_rss_mb,
     post_run,
     redis_batch,
     redis_cli,
@@ -381,13 +382,6 @@ def measure_variant(
         return per_task(llm, plan)
     finally:
         service.stop()
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

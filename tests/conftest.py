@@ -130,7 +130,7 @@ def llm(llm_server: LLMServer) -> LLMServer:
         state.down_until = 0.0
         state.reply = HAIKU
         state.gathering = None
-        state.most_in_flight = state.in_flight
+    state.reset_counts()
     return llm_server
 
 
@@ -396,6 +396,14 @@ def redis_batch(commands: list[str]) -> bytes:
     """Runs Redis commands in one redis-cli call (it reads them from stdin), one reply per line."""
     script = ("\n".join(commands) + "\n").encode()
     return subprocess.run(["redis-cli"], input=script, capture_output=True, check=True).stdout
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The most memory process `pid` has held at once (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def calls_for(llm: LLMServer, task: str) -> int:

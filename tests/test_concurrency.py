@@ -24,6 +24,7 @@ from tests.conftest import (
     SERVICE_URL,
     DaprRun,
     calls_for,
+    peak_rss_mb,
     post_run,
     wait_for_outcome,
 )
@@ -43,28 +44,17 @@ def run_all(tasks: list[str], posting: int = 64, polling: int = 16) -> collectio
 
 def llm_calls_per_task(llm: LLMServer, tasks: list[str]) -> dict[int, int]:
     """How many tasks cost how many LLM calls: {1: len(tasks)} when each cost one."""
-    asked = collections.Counter()
-    wanted = set(tasks)
-    for request in llm.state.chat_requests():
-        for task in wanted & set(re.findall(r"Write haiku number \d+ about \w+ \(\w+\)\.", request.user_text)):
-            asked[task] += 1
-    return dict(collections.Counter(asked[task] for task in tasks))
+    return dict(collections.Counter(calls_for(llm, task) for task in tasks))
 
 
-def deployment_memory_limit() -> int:
-    """The agent container's memory limit in deploy/agent.yaml, in bytes."""
+def deployment_memory_limit_mb() -> float:
+    """The agent container's memory limit in deploy/agent.yaml, in MB (MiB)."""
     documents = yaml.safe_load_all((ROOT / "deploy" / "agent.yaml").read_text())
     (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
     (agent,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"]
     limit = agent["resources"]["limits"]["memory"]
     assert limit.endswith("Mi"), limit
-    return int(limit[:-2]) * 1024 * 1024
-
-
-def peak_rss(pid: int) -> int:
-    """The most memory process `pid` has held at once (VmHWM), in bytes."""
-    (line,) = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
-    return int(line.split()[1]) * 1024
+    return int(limit[:-2])
 
 
 def health_probes() -> int:
@@ -110,17 +100,17 @@ def test_1000_runs_past_a_bound_of_32_wait_their_turn_and_all_complete_once(
         started = time.monotonic()
         statuses = run_all(tasks)
         elapsed = time.monotonic() - started
-        agent_peak = peak_rss(service.sidecar["appPid"])
+        agent_peak = peak_rss_mb(service.sidecar["appPid"])
     finally:
         service.stop()
 
     assert statuses == {"COMPLETED": 1000}, statuses
     assert llm_calls_per_task(llm, tasks) == {1: 1000}
     assert llm.state.most_in_flight <= 32, f"the bound of 32 let {llm.state.most_in_flight} calls through at once"
-    assert agent_peak < deployment_memory_limit(), f"the agent's RSS reached {agent_peak / 2**20:.0f} MiB"
+    assert agent_peak < deployment_memory_limit_mb(), f"the agent's RSS reached {agent_peak:.0f} MiB"
     print(
         f"\n1000 runs, bound 32, LLM 0.5 s: at most {llm.state.most_in_flight} calls at once, {elapsed:.0f} s, "
-        f"agent peak RSS {agent_peak / 2**20:.0f} MiB"
+        f"agent peak RSS {agent_peak:.0f} MiB"
     )
 
 
