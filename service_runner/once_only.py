@@ -12,8 +12,9 @@ import hashlib
 import logging
 from typing import Any
 
-from dapr.ext.workflow import DaprWorkflowClient
 from dapr_agents.streaming.keys import MESSAGE_METADATA
+
+from service_runner.steady_reads import SteadyReadsClient
 
 log = logging.getLogger("service_runner")
 
@@ -23,7 +24,7 @@ def run_id(*names: str) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
 
 
-class OncePerMessageClient(DaprWorkflowClient):
+class OncePerMessageClient(SteadyReadsClient):
     """A workflow client that starts no second run for a message it has already run.
 
     dapr-agents schedules a published task with no instance id, and remembers the messages it has

@@ -39,8 +39,8 @@ log = logging.getLogger("service_runner")
 class ServiceRunner(AgentRunner):
     """Serves POST /run and the agent's topic; each turns away what is not a runnable task.
 
-    The app listens on 127.0.0.1 only: callers elsewhere go through the sidecar (README, "In
-    production"). Its port comes from APP_PORT, which `dapr run -p` sets, so replicas share a script.
+    The app listens on 127.0.0.1 only: callers elsewhere go through the sidecar (docs/production.md,
+    "Who can call what"). Its port comes from APP_PORT, which `dapr run -p` sets, so replicas share a script.
     """
 
     def __init__(self, **options: Any) -> None:
@@ -164,9 +164,8 @@ async def _serve(server: uvicorn.Server) -> None:
 
 
 async def _sidecar_failed(request: Request, error: Exception) -> JSONResponse:
-    """A call to the sidecar failed: the client may ask again in a moment, and nothing is lost. With
-    Redis as the actor store, a run's status read in the instant its first step is written fails so
-    (dapr/dapr #10242, fixed in Dapr 1.18.3)."""
+    """A call to the sidecar failed, read again (steady_reads.py) if it was a read: the client may
+    ask again in a moment, and nothing is lost."""
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     log.warning("%s %s: the sidecar answered %s", request.method, request.url.path, details)
     detail = "the agent's sidecar could not answer just now; ask again in a moment"

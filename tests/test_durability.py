@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import (
     ROOT,
+    SERVICE_URL,
     DaprRun,
     all_delivered,
     answer_of,
@@ -65,9 +67,7 @@ def test_a_redis_restart_mid_run_loses_no_workflow_conversation_or_registry_entr
     instance_id = post_run(task)["instance_id"]
     wait_for(lambda: calls_for(llm, task) == 1, 30, "the run's LLM call")
 
-    redis_pid = int((ROOT / ".run" / "pids" / "redis.pid").read_text())
-    os.kill(redis_pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 30, "Redis to stop")
+    stop_redis()
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
     release.set()
 
@@ -78,6 +78,34 @@ def test_a_redis_restart_mid_run_loses_no_workflow_conversation_or_registry_entr
     entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
     assert [(m["role"], m["content"]) for m in entry["messages"]] == [("user", task), ("assistant", HAIKU)]
     assert "Assistant" in service.get_state("agent-registry", "agents:default:_index")["agents"]
+
+
+def stop_redis() -> None:
+    redis_pid = int((ROOT / ".run" / "pids" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 30, "Redis to stop")
+
+
+def test_while_redis_is_down_a_status_url_answers_503_with_retry_after_and_the_run_once_it_is_back(
+    llm: LLMServer, start_service: Callable[[], DaprRun]
+) -> None:
+    start_service()
+    status_url = post_run(f"Write a haiku about outages ({uuid.uuid4().hex[:8]}).")["status_url"]
+    assert wait_for_outcome(status_url)["runtime_status"] == "COMPLETED"
+
+    stop_redis()
+    try:
+        began = time.monotonic()
+        during = requests.get(f"{SERVICE_URL}{status_url}", timeout=120)
+        print(f"\nthe status read took {time.monotonic() - began:.0f} s, resiliency.yaml's retries of Redis")
+        healthy = requests.get(f"{SERVICE_URL}/healthz", timeout=5)
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+
+    assert (during.status_code, during.headers.get("Retry-After")) == (503, "1"), during.text
+    assert "ask again in a moment" in during.json()["detail"]
+    assert healthy.status_code == 200
+    assert wait_for_outcome(status_url)["runtime_status"] == "COMPLETED"
 
 
 def test_a_message_published_while_the_agent_is_down_runs_once_when_it_is_back(

@@ -18,22 +18,25 @@ from tests.conftest import (
     DaprRun,
     answer_of,
     instance_with_task,
+    page_command,
     post_run,
     publish,
     publish_data,
-    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
 
+POST_RUN = page_command('curl -i -X POST http://localhost:8001/run -H "Content-Type')
+STATUS_CURL = page_command("curl http://localhost:8001/agent")
+
 
 def test_the_readmes_curl_starts_a_run_whose_status_url_reaches_completed_with_the_answer(
     service: DaprRun, llm: LLMServer
 ) -> None:
     started = subprocess.run(
-        shlex.split(readme_command('curl -i -X POST http://localhost:8001/run -H "Content-Type')),
+        shlex.split(POST_RUN),
         capture_output=True,
         text=True,
     )
@@ -42,7 +45,7 @@ def test_the_readmes_curl_starts_a_run_whose_status_url_reaches_completed_with_t
     assert head.startswith("HTTP/1.1 200 OK"), started.stdout
     run = json.loads(body)
     assert run["status_url"] == f"/agent/instances/{run['instance_id']}"
-    status_curl = re.sub(r"/agent/instances/\w+", run["status_url"], readme_command("curl http://localhost:8001/agent"))
+    status_curl = re.sub(r"/agent/instances/\w+", run["status_url"], STATUS_CURL)
 
     def completed() -> dict[str, str] | None:
         status = json.loads(subprocess.run(shlex.split(status_curl), capture_output=True, text=True).stdout)
@@ -113,11 +116,11 @@ def test_healthz_answers_while_the_service_serves_and_takes_nothing_but_get(serv
     assert posted.status_code == 405
 
 
-def test_status_urls_polled_from_the_moment_their_runs_start_never_answer_5xx_but_503(
+def test_status_urls_polled_from_the_moment_their_runs_start_answer_200_or_404(
     service: DaprRun, llm: LLMServer
 ) -> None:
-    """Read in the instant a run's first step is written, the sidecar can fail (dapr/dapr #10242);
-    the client then gets 503 with Retry-After, never a 500."""
+    """Read in the instant a run's next step is written, the sidecar can fail (dapr/dapr #10242);
+    the service reads again, and the client sees none of it."""
     batch = uuid.uuid4().hex[:8]
 
     def poll_from_start(n: int) -> list[requests.Response]:
@@ -129,5 +132,4 @@ def test_status_urls_polled_from_the_moment_their_runs_start_never_answer_5xx_bu
 
     by_status = collections.Counter(answer.status_code for answer in answers)
     print(f"\n1,000 polls from the start of 40 runs, by status: {dict(by_status)}")
-    assert len(answers) == 1000 and set(by_status) <= {200, 404, 503}, by_status
-    assert all(a.headers.get("Retry-After") == "1" for a in answers if a.status_code == 503)
+    assert len(answers) == 1000 and set(by_status) <= {200, 404}, by_status

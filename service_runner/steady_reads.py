@@ -1,0 +1,31 @@
+"""Reads of a run's state that ride over the instant its next step is being written.
+
+Dapr 1.18.2 stores a workflow's metadata and its inbox under separate keys and reads them one by
+one, so a read that lands between the two writes fails with "inbox key ... missing from state
+store" (dapr/dapr #10242, fixed in Dapr 1.18.3). Reading again a moment later succeeds; the
+status URL, the approval list and a keyed `POST /run` all read so.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from dapr.ext.workflow import DaprWorkflowClient, WorkflowState
+
+PAUSES_S = (0.05, 0.1, 0.2, 0.4)  # then the error goes to the caller: a 503 with Retry-After
+TORN_READ = "missing from state store"
+
+
+class SteadyReadsClient(DaprWorkflowClient):
+    def get_workflow_state(self, instance_id: str, **options: Any) -> WorkflowState | None:
+        for pause in PAUSES_S:
+            try:
+                return super().get_workflow_state(instance_id, **options)
+            except grpc.RpcError as error:
+                # Any other failure (Redis down, say) has had resiliency.yaml's retries already.
+                if not (isinstance(error, grpc.Call) and TORN_READ in (error.details() or "")):
+                    raise
+                time.sleep(pause)
+        return super().get_workflow_state(instance_id, **options)
