@@ -5,7 +5,7 @@ SHELL := bash
 
 VENV := .venv
 export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
-# dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (README, "Traces").
+# dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (docs/observability.md).
 export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
 .PHONY: help setup up down status run serve serve-tool test lint bench images k8s-up k8s-down k8s-status k8s-test
@@ -31,7 +31,7 @@ run: setup up ## The one-shot: the agent writes a haiku through a durable workfl
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
 	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_service.py
 
-serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (README, "A tool, and a human")
+serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (docs/tool-and-approval.md)
 	dapr run --app-id durable-agent-tool --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_tool.py
 
 test: setup lint ## Lint, then everything on the real stack: up, pytest, down (down also on failure)
@@ -47,15 +47,15 @@ images: setup up ## Run the one-shot and screenshot it and its Zipkin trace into
 lint: ## ruff on the Python code
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-k8s-up: ## Build (cached) and start a one-node Kubernetes with Dapr's control plane (README, "On Kubernetes")
-	@nice -n 19 scripts/k8s-build.sh
-	@scripts/k8s.sh up
+k8s-up: ## Build (cached) and start a one-node Kubernetes with Dapr's control plane (docs/kubernetes.md)
+	@nice -n 19 k8s/build.sh
+	@k8s/cluster.sh up
 
 k8s-down: ## Stop that cluster and remove everything it left: processes, mounts, network, state
-	@scripts/k8s.sh down
+	@k8s/cluster.sh down
 
 k8s-status: ## Show the cluster's processes, node and pods, and check it is kept inside this machine
-	@scripts/k8s.sh status
+	@k8s/cluster.sh status
 
 k8s-test: ## Test the running cluster (API, node, Dapr, a sidecar), then the agent deployed from deploy/ on it
 	@scripts/setup.sh python >/dev/null

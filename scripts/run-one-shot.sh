@@ -51,7 +51,7 @@ no_key_notice
 started=$(date +%s)
 status=0
 # AGENT_TRACING (from the Makefile) goes to the app only; the sidecar sends its spans every 200 ms,
-# so that they reach Zipkin before it stops (README, "Run it yourself").
+# so that they reach Zipkin before it stops (README, "The one-shot").
 # shellcheck disable=SC2086  # AGENT_TRACING is a list of NAME=value words
 OTEL_BSP_SCHEDULE_DELAY=200 dapr run --app-id durable-agent-minimal --resources-path "$resources" \
   --dapr-listen-addresses 127.0.0.1 --log-level error -- env ${AGENT_TRACING:-} python durable_agent_minimal.py \

@@ -74,7 +74,7 @@ setup_python() {
 
 # Builds Go main packages at pinned versions through a throwaway main module in $1.
 # Neither `go install pkg@version` route works here: dapr's go.mod has replace directives (which
-# only the main module may carry, so tools/dapr/go.mod repeats them), and for the CLI the proxy
+# only the main module may carry, so scripts/dapr/go.mod repeats them), and for the CLI the proxy
 # refuses the version list that `go install` asks for.
 # Usage: go_build_pinned DIR GO_MOD_TEMPLATE|"" LDFLAGS "MODULE@VERSION ..." [go build args] PACKAGE...
 go_build_pinned() {
@@ -106,7 +106,7 @@ build_runtime() {
   echo "    building daprd, placement, scheduler $DAPR_RUNTIME_VERSION from Go modules"
   echo "    (cold: ~1 GB of modules and 5-15 min of compiling on 2 cores; the Go caches make it fast next time)"
   # allcomponents is the official flavour: without a tag daprd panics, stablecomponents lacks conversation.
-  go_build_pinned "$BUILD_DIR/runtime" tools/dapr/go.mod \
+  go_build_pinned "$BUILD_DIR/runtime" scripts/dapr/go.mod \
     "-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION" \
     "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" -tags allcomponents \
     github.com/dapr/dapr/cmd/daprd github.com/dapr/dapr/cmd/placement github.com/dapr/dapr/cmd/scheduler
@@ -217,5 +217,5 @@ main() {
   echo "setup complete in $((SECONDS - started))s"
 }
 
-# scripts/k8s-build.sh sources this file for its helpers.
+# k8s/build.sh sources this file for its helpers.
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -19,7 +19,7 @@ log = logging.getLogger("service_runner")
 
 
 def dead_letter(topic: str) -> str:
-    """Where an agent's topic moves a message it cannot run; nothing consumes it (README, "Bad input")."""
+    """Where an agent's topic moves a message it cannot run; nothing consumes it (docs/http-api.md, "Bad input")."""
     return f"{topic}.deadletter"
 
 

@@ -24,37 +24,28 @@ import pytest
 import requests
 
 from tests.llm_server import HAIKU, LLMServer
+from tests.pages import page_command, page_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 DAPR_BIN = Path.home() / ".dapr" / "bin"
 LOG_DIR = ROOT / ".run" / "test-logs"
 
 
-def readme_commands() -> list[str]:
-    """Every command in the README's ```bash blocks: what a reader would type, in order."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-    lines = (line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def readme_command(prefix: str, containing: str = "") -> str:
-    """The one README command that starts with `prefix` (and contains `containing`)."""
-    matches = [c for c in readme_commands() if c.startswith(prefix) and containing in c]
-    assert len(matches) == 1, f"expected one README command starting {prefix!r}, found {matches}"
-    return matches[0]
-
-
-def readme_exports() -> dict[str, str]:
-    """The variables the README's `export OTEL_` lines set in the user's shell."""
-    exports = [c for c in readme_commands() if c.startswith("export OTEL_")]
+def page_exports() -> dict[str, str]:
+    """The variables the pages' `export OTEL_` lines set in the user's shell."""
+    exports = page_commands("export OTEL_")
     return dict(pair.split("=", 1) for line in exports for pair in line.split()[1:])
 
 
-# The stories run the README's own commands, so a README that drifts fails the tests.
-ONE_SHOT = readme_command("dapr run --app-id durable-agent-minimal")
-SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="-p 8001 --log-level warn -- python")
+# The stories run the pages' own commands, so a page that drifts fails the tests.
+ONE_SHOT = page_command("dapr run --app-id durable-agent-minimal")
+SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-p 8001 --log-level warn -- python")
 # The same with dapr-agents' own tracing switched on, through variables given to the app only.
-TRACED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
+TRACED_SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
+ACTIVATE = page_command("source .venv/bin/activate")
+OTEL_EXPORTS = page_exports()
+PUBLISH = page_command("dapr publish --publish-app-id")
+PUBLISH_RAW = page_command("dapr publish --metadata")
 AGENT_TRACING = dict(w.split("=", 1) for w in TRACED_SERVICE.split(" -- env ")[1].split() if "=" in w)
 SERVICE_URL = "http://localhost:8001"
 TASK = "Write a haiku about programming."
@@ -136,12 +127,17 @@ def llm(llm_server: LLMServer) -> LLMServer:
 
 def user_env(llm_base_url: str) -> dict[str, str]:
     """A user's shell that followed the README, with the LLM pointed at `llm_base_url`."""
+    shell = {**os.environ, "PATH": f"{DAPR_BIN}:{os.environ['PATH']}"}
+    activated = subprocess.run(
+        ["bash", "-c", f"{ACTIVATE} && printenv PATH"], cwd=ROOT, env=shell, capture_output=True, text=True
+    )
+    assert activated.returncode == 0, f"`{ACTIVATE}` failed ({activated.stderr.strip()}): run `make setup`"
     return {
-        **os.environ,
-        **readme_exports(),
+        **shell,
+        **OTEL_EXPORTS,
         "OPENAI_API_KEY": FAKE_KEY,
         "OPENAI_BASE_URL": llm_base_url,
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{DAPR_BIN}:{os.environ['PATH']}",
+        "PATH": activated.stdout.strip(),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -338,8 +334,8 @@ def publish(task: str, env: dict[str, str], via_app: str = "durable-agent-servic
 def publish_data(
     data: str, env: dict[str, str], via_app: str = "durable-agent-service", raw: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """The README's `dapr publish`, with `data` sent in place of its task; `raw`, its raw-payload one."""
-    arguments = shlex.split(readme_command("dapr publish --metadata" if raw else "dapr publish --publish-app-id"))
+    """The README's `dapr publish`, with `data` sent in place of its task; `raw`, docs/http-api.md's raw one."""
+    arguments = shlex.split(PUBLISH_RAW if raw else PUBLISH)
     arguments[arguments.index("--publish-app-id") + 1] = via_app
     arguments[arguments.index("--data") + 1] = data
     return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -10,13 +10,17 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, answer_of, readme_command, wait_for_outcome
+from tests.conftest import ROOT, SERVICE_URL, TASK, DaprRun, answer_of, page_command, wait_for_outcome
 from tests.llm_server import HAIKU, LLMServer
 
-TOKEN = "test-api-token-5d41402abc4b"
-# The README's "In production" commands: the service with a known sidecar port, and a call through it.
-GUARDED_SERVICE = readme_command("dapr run --app-id durable-agent-service", containing="--dapr-http-port 3500")
-INVOKE = readme_command("curl -X POST http://localhost:3500/v1.0/invoke/", containing="$DAPR_API_TOKEN")
+# docs/production.md's commands: a token in the shell, the service with a known sidecar port, and
+# a call through it.
+EXPORT_TOKEN = page_command("export DAPR_API_TOKEN=")
+TOKEN = subprocess.run(
+    ["bash", "-c", f"{EXPORT_TOKEN} && printenv DAPR_API_TOKEN"], capture_output=True, text=True
+).stdout.strip()
+GUARDED_SERVICE = page_command("dapr run --app-id durable-agent-service", containing="--dapr-http-port 3500")
+INVOKE = page_command("curl -X POST http://localhost:3500/v1.0/invoke/", containing="$DAPR_API_TOKEN")
 
 
 @pytest.fixture
@@ -48,7 +52,7 @@ def test_run_through_the_sidecar_needs_the_token_and_completes(guarded_service: 
     invoke_url = "http://localhost:3500/v1.0/invoke/durable-agent-service/method/run"
     assert requests.post(invoke_url, json={"task": TASK}, timeout=10).status_code == 401
 
-    # The README's curl, in a shell where DAPR_API_TOKEN is exported as the README says.
+    # The page's curl, in a shell where DAPR_API_TOKEN is exported as the page says.
     started = subprocess.run(
         ["bash", "-c", INVOKE], env={**os.environ, "DAPR_API_TOKEN": TOKEN}, capture_output=True, text=True
     )

@@ -14,16 +14,16 @@ from tests.conftest import (
     all_delivered,
     calls_for,
     instance_with_task,
+    page_command,
     post_run,
     post_with_key,
     publish_cloudevent,
-    readme_command,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import LLMServer
 
-IDEMPOTENT_CURL = readme_command('curl -i -X POST http://localhost:8001/run -H "Idempotency-Key')
+IDEMPOTENT_CURL = page_command('curl -i -X POST http://localhost:8001/run -H "Idempotency-Key')
 
 
 def test_the_readmes_retried_curl_starts_one_run_while_it_runs_and_after_it_has_finished(

@@ -16,8 +16,8 @@ from tests.conftest import (
     DaprRun,
     answer_of,
     calls_for,
+    page_command,
     post_run,
-    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
@@ -25,6 +25,8 @@ from tests.conftest import (
 from tests.llm_server import HAIKU, LLMServer
 
 RUNS = 200
+
+REPLICA = page_command("dapr run --app-id durable-agent-service", containing="-p 8002")
 
 
 def test_200_concurrent_runs_all_complete_once(service: DaprRun, llm: LLMServer, record_property) -> None:
@@ -61,10 +63,9 @@ def test_200_concurrent_runs_all_complete_once(service: DaprRun, llm: LLMServer,
 def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
-    """Same app id, own ports, shared placement, scheduler and Redis: the README's scale-out."""
+    """Same app id, own ports, shared placement, scheduler and Redis: docs/production.md's scale-out."""
     first = service  # the README's service command is replica 1
-    replica = readme_command("dapr run --app-id durable-agent-service", containing="-p 8002")
-    second = DaprRun(replica, dapr_env, "replica-2")
+    second = DaprRun(REPLICA, dapr_env, "replica-2")
     survivor_url = "http://localhost:8002"
     try:
         second.wait_until_ready(survivor_url)

@@ -15,12 +15,15 @@ from tests.conftest import (
     TRACED_SERVICE,
     WORKFLOW_SPAN,
     DaprRun,
+    page_command,
     post_run,
-    readme_command,
     trace_of_run,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
+
+WORKFLOW_LIST = page_command("dapr workflow list")
+WORKFLOW_HISTORY = page_command("python scripts/workflow_history.py")
 
 
 def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_call_and_the_state_calls(
@@ -68,9 +71,7 @@ def test_dapr_workflow_list_shows_the_completed_run(service: DaprRun, llm: LLMSe
     instance_id = post_run(TASK)["instance_id"]
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
 
-    listed = subprocess.run(
-        shlex.split(readme_command("dapr workflow list")), cwd=ROOT, env=dapr_env, capture_output=True, text=True
-    )
+    listed = subprocess.run(shlex.split(WORKFLOW_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
 
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0].split() == ["NAME", "ID", "STATUS", "AGE"]
@@ -83,7 +84,7 @@ def test_the_readmes_history_command_shows_each_step_of_the_run(
 ) -> None:
     instance_id = post_run(TASK)["instance_id"]
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
-    history_of = shlex.split(readme_command("python scripts/workflow_history.py"))[:-1]
+    history_of = shlex.split(WORKFLOW_HISTORY)[:-1]
 
     shown = subprocess.run([*history_of, instance_id], cwd=ROOT, env=dapr_env, capture_output=True, text=True)
     unknown = subprocess.run([*history_of, "no-such-run"], cwd=ROOT, env=dapr_env, capture_output=True, text=True)

@@ -12,6 +12,9 @@ import requests
 
 from tests.conftest import ONE_SHOT, ROOT, TASK, strip_ansi
 from tests.llm_server import HAIKU, LLMServer
+from tests.pages import page_command
+
+MAKE_RUN = page_command("make run")
 
 
 def run_one_shot(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], str, float]:
@@ -27,7 +30,7 @@ def test_the_one_shot_prints_the_models_haiku_and_exits_0(llm: LLMServer, dapr_e
     for line in HAIKU.splitlines():
         assert f"== APP == {line}" in output
     assert "Traceback" not in output
-    # One task, one LLM call: no second call to summarize the run for memory (README, "The agent").
+    # One task, one LLM call: no second call to summarize the run for memory (README, "The service").
     requests_ = llm.state.chat_requests()
     assert [r.user_text for r in requests_] == [TASK], [r.body for r in requests_]
     assert requests_[0].headers["Authorization"] == f"Bearer {dapr_env['OPENAI_API_KEY']}"
@@ -51,7 +54,7 @@ def test_with_the_llm_unreachable_the_one_shot_exits_non_zero_saying_why(dapr_en
 def test_make_run_without_a_key_runs_on_the_echo_component_and_says_so(dapr_env: dict[str, str]) -> None:
     env = {k: v for k, v in dapr_env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
 
-    result = subprocess.run(["make", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(shlex.split(MAKE_RUN), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
     output = strip_ansi(result.stdout + result.stderr)
     assert result.returncode == 0, output

@@ -15,13 +15,15 @@ from tests.conftest import (
     SERVICE_URL,
     TASK,
     DaprRun,
+    page_command,
     post_run,
-    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
+
+WORKFLOW_LIST = page_command("dapr workflow list")
 
 
 def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
@@ -48,9 +50,7 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
 
         entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
         assert entry["messages"][-1]["content"] == HAIKU
-        listed = subprocess.run(
-            shlex.split(readme_command("dapr workflow list")), cwd=ROOT, env=dapr_env, capture_output=True, text=True
-        )
+        listed = subprocess.run(shlex.split(WORKFLOW_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
         assert listed.returncode == 0 and instance_id not in listed.stdout, listed.stdout + listed.stderr
         status = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=5)
         assert status.status_code == 404, status.text

@@ -1,4 +1,4 @@
-"""Cancel and clean up: the README's terminate and purge commands, on a held run and a finished one."""
+"""Cancel and clean up: docs/http-api.md's terminate and purge commands, on a held run and a finished one."""
 
 from __future__ import annotations
 
@@ -14,19 +14,25 @@ from tests.conftest import (
     SERVICE_URL,
     DaprRun,
     calls_for,
+    page_command,
     post_run,
-    readme_command,
     redis_cli,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import LLMServer
 
+RUN_CONTROL = {
+    action: page_command("curl -X POST http://localhost:8001/agent/instances/", containing=f"/{action}")
+    for action in ("terminate", "purge")
+}
+
 
 def run_readme_curl(action: str, instance_id: str) -> dict[str, str]:
-    """The README's `curl -X POST .../<instance-id>/<action>`, for this run."""
-    command = readme_command("curl -X POST http://localhost:8001/agent/instances/", containing=f"/{action}")
-    done = subprocess.run(shlex.split(command.replace("<instance-id>", instance_id)), capture_output=True, text=True)
+    """docs/http-api.md's `curl -X POST .../<instance-id>/<action>`, for this run."""
+    done = subprocess.run(
+        shlex.split(RUN_CONTROL[action].replace("<instance-id>", instance_id)), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

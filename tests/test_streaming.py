@@ -1,4 +1,4 @@
-"""Streaming a run: the README's `curl -N .../run/stream`, as NDJSON and as Server-Sent Events."""
+"""Streaming a run: docs/http-api.md's `curl -N .../run/stream`, as NDJSON and as Server-Sent Events."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TASK, DaprRun, calls_for, readme_command, wait_for_outcome
+from tests.conftest import TASK, DaprRun, calls_for, page_command, wait_for_outcome
 from tests.llm_server import HAIKU, LLMServer
 
-STREAM_CURL = readme_command("curl -N -X POST http://localhost:8001/run/stream")
+STREAM_CURL = page_command("curl -N -X POST http://localhost:8001/run/stream")
 
 
 def chunks_of(output: str, sse: bool) -> list[dict[str, Any]]:

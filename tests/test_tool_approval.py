@@ -1,6 +1,6 @@
 """A tool, and a human who approves it: durable_agent_tool.py, crash-tested.
 
-Each story runs the README's command for the tool service and its curl commands. The tool appends a
+Each story runs docs/tool-and-approval.md's command for the tool service and its curl commands. The tool appends a
 line, keyed by `<instance id>:<tool call id>`, to outbox.txt, so a story counts the tool's runs by
 the lines that carry its run's id. To hold the tool in the middle of its work, a story makes
 outbox.txt a named pipe and keeps it full: the tool's write blocks until the story reads.
@@ -36,17 +36,17 @@ from tests.conftest import (
     DaprRuns,
     answer_of,
     calls_for,
-    readme_command,
+    page_command,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
 
-TOOL_SERVICE = readme_command("dapr run --app-id durable-agent-tool")
-POST_TASK = readme_command("curl -X POST http://localhost:8001/run")
-LIST_APPROVALS = readme_command("curl http://localhost:8001/hitl/approvals")
-APPROVE = readme_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
-DENY = readme_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": false')
+TOOL_SERVICE = page_command("dapr run --app-id durable-agent-tool")
+POST_TASK = page_command("curl -X POST http://localhost:8001/run")
+LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
+APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
+DENY = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": false')
 OUTBOX = ROOT / "outbox.txt"
 NOT_EXECUTED = "Tool 'publish_haiku' was not executed: approval was not granted or timed out."
 # Long enough for every story that does not wait the timeout out, restarts included.
@@ -62,17 +62,17 @@ def curl(command: str, **replace: str) -> Any:
 
 
 def start_task(task: str) -> str:
-    """The README's curl that gives the tool service a task, with `task` in it; the run's id."""
+    """The page's curl that gives the tool service a task, with `task` in it; the run's id."""
     return curl(POST_TASK.replace("Write a haiku about programming and publish it.", task))["instance_id"]
 
 
 def listed_for(instance_id: str) -> list[dict[str, Any]]:
-    """The approvals the README's list shows for the run (other stories' runs may wait too)."""
+    """The approvals the page's list shows for the run (other stories' runs may wait too)."""
     return [a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id]
 
 
 def waiting_approval(instance_id: str) -> dict[str, Any]:
-    """The approval the run waits for, once the README's list shows it."""
+    """The approval the run waits for, once the page's list shows it."""
     (approval,) = wait_for(lambda: listed_for(instance_id), 30, f"run {instance_id} to wait for an approval")
     return approval
 
@@ -118,7 +118,7 @@ def outbox() -> Iterator[Path]:
 
 @pytest.fixture
 def start_tool_service(dapr_env: dict[str, str]) -> Iterator[Callable[..., DaprRun]]:
-    """Starts the README's tool service command; every one started is stopped at the end."""
+    """Starts the page's tool service command; every one started is stopped at the end."""
     services = DaprRuns(TOOL_SERVICE, "tool-service")
     yield lambda timeout_s=NO_TIMEOUT_S: services.start({**dapr_env, "APPROVAL_TIMEOUT_SECONDS": str(timeout_s)})
     services.stop_all()

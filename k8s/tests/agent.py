@@ -1,4 +1,4 @@
-"""The agent on the cluster, deployed from deploy/ as the README's "On Kubernetes" tells a user.
+"""The agent on the cluster, deployed from deploy/ as docs/kubernetes.md tells a user.
 
 `deploy` applies k8s/tests/overlay (deploy/, its stand-ins, the stand-in LLM) once for the stories
 of test_agent.py and deletes the namespace after them. The stories reach the cluster from this
@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -25,13 +26,16 @@ import requests
 import yaml
 
 from k8s.tests.conftest import ROOT, env, kubectl, kubectl_json
-from tests.conftest import readme_command, readme_commands, wait_for
+from tests.conftest import page_command, page_commands, wait_for
 
 NAMESPACE = "durable-agent"
 APP_ID = "durable-agent-service"
 OVERLAY = ROOT / "k8s" / "tests" / "overlay"
 AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"
 REDIS_VOLUME = ROOT / ".run" / "k8s" / "volumes" / "redis-data"
+# docs/kubernetes.md's commands: the namespace and the three Secrets deploy/ reads, and the rollout.
+NAMESPACE_AND_SECRETS = [page_command("kubectl create namespace"), *page_commands("kubectl create secret generic")]
+ROLLOUT = page_command("kubectl rollout status deployment/durable-agent")
 BUILD_HINT = "no agent image was built: run `make k8s-up` (it builds the Dockerfile with buildah)"
 
 
@@ -154,11 +158,8 @@ def rendered_overlay(image: str) -> list[dict[str, Any]]:
 
 
 def create_namespace_and_secrets(openai_key: str) -> None:
-    """The README's commands that make the namespace and the three Secrets deploy/ reads."""
-    commands = [readme_command("kubectl create namespace")]
-    commands += [c for c in readme_commands() if c.startswith("kubectl create secret generic")]
-    assert len(commands) == 4, commands
-    for command in commands:
+    """docs/kubernetes.md's commands that make the namespace and the three Secrets deploy/ reads."""
+    for command in NAMESPACE_AND_SECRETS:
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", command],
             env={**env(), "OPENAI_API_KEY": openai_key},
@@ -167,7 +168,7 @@ def create_namespace_and_secrets(openai_key: str) -> None:
             timeout=60,
         )
         if done.returncode != 0:
-            pytest.fail(f"the README's `{command}` exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            pytest.fail(f"`{command}` exited {done.returncode}:\n{done.stdout}{done.stderr}")
 
 
 def secret_value(name: str, key: str) -> str:
@@ -246,10 +247,15 @@ def deploy() -> Iterator[Agent]:
         kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifests)
         applied = time.monotonic()
         kubectl("apply", "--validate=strict", "-f", "-", stdin=manifests)
-        for name in ("statefulset/redis", "deployment/zipkin", "deployment/stand-in-llm", "deployment/durable-agent"):
+        for name in ("statefulset/redis", "deployment/zipkin", "deployment/stand-in-llm"):
             done = kubectl("rollout", "status", name, "-n", NAMESPACE, "--timeout=240s", check=False, timeout=250)
             if done.returncode != 0:
                 pytest.fail(f"{name} did not become Ready:\n{done.stdout}{done.stderr}\n{logs_of_namespace()[-6000:]}")
+        done = subprocess.run(shlex.split(ROLLOUT), env=env(), capture_output=True, text=True, timeout=250)
+        if done.returncode != 0:
+            pytest.fail(
+                f"`{ROLLOUT}` exited {done.returncode}:\n{done.stdout}{done.stderr}\n{logs_of_namespace()[-6000:]}"
+            )
         agent.ready_after = time.monotonic() - applied
         yield agent
     finally:

@@ -1,4 +1,4 @@
-"""The agent on the cluster: deploy/ applied as the README's "On Kubernetes" says, and the stories
+"""The agent on the cluster: deploy/ applied as docs/kubernetes.md says, and the stories
 the local suite tells, told again against pods. Run by `make k8s-test` after `make k8s-up`.
 """
 
@@ -19,9 +19,13 @@ import requests
 from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
-from tests.conftest import answer_of, port_open, readme_command, trace_of_run, wait_for
+from tests.conftest import answer_of, page_command, port_open, trace_of_run, wait_for
 from tests.llm_server import HAIKU
 
+# docs/kubernetes.md's commands: a port-forward to the Service, the token from its Secret, a run.
+PORT_FORWARD = page_command("kubectl port-forward")
+READ_TOKEN = page_command('TOKEN="$(kubectl get secret')
+INVOKE = page_command("curl -X POST http://localhost:3500", 'token: $TOKEN"')
 TASK = "Write a haiku about programming."
 
 
@@ -86,7 +90,7 @@ def test_post_run_through_the_sidecar_with_the_api_token_completes_with_the_mode
 
 def test_the_readmes_port_forward_and_curl_start_a_run_that_completes(agent: Agent) -> None:
     forward = subprocess.Popen(
-        shlex.split(readme_command("kubectl port-forward")),
+        shlex.split(PORT_FORWARD),
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -95,9 +99,7 @@ def test_the_readmes_port_forward_and_curl_start_a_run_that_completes(agent: Age
     try:
         wait_for(lambda: port_open(3500) or forward.poll() is not None, 30, "the port-forward to listen on 3500")
         assert forward.poll() is None, forward.communicate()[0]
-        token = readme_command('TOKEN="$(kubectl get secret')
-        command = readme_command("curl -X POST http://localhost:3500", 'token: $TOKEN"')
-        curl = subprocess.run(["bash", "-c", f"{token}\n{command}"], env=env(), capture_output=True, text=True)
+        curl = subprocess.run(["bash", "-c", f"{READ_TOKEN}\n{INVOKE}"], env=env(), capture_output=True, text=True)
     finally:
         forward.terminate()
         forward.wait(10)

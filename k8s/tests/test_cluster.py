@@ -17,8 +17,11 @@ from typing import Any
 
 from k8s.tests.conftest import DAPR, PINS, ROOT, kubectl, kubectl_json, run
 from tests.conftest import wait_for
+from tests.pages import page_command
 
 DAPR_NAMESPACE = "dapr-system"
+EXPORT_KUBECONFIG = page_command("export KUBECONFIG=")
+GET_PODS = page_command("kubectl get pods -A")
 CONTROL_PLANE = [
     "dapr-operator",
     "dapr-placement-server",
@@ -34,6 +37,17 @@ def test_the_api_server_answers_at_the_pinned_version() -> None:
     assert version["serverVersion"]["gitVersion"] == f"v{PINS['KUBERNETES_VERSION']}"
     assert version["clientVersion"]["gitVersion"] == f"v{PINS['KUBERNETES_VERSION']}"
     assert kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+
+
+def test_the_pages_kubectl_in_a_shell_set_up_as_it_says_lists_the_control_plane() -> None:
+    shell = f"{EXPORT_KUBECONFIG} && {GET_PODS}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[1] for line in done.stdout.splitlines()[1:] if line.split()[0] == DAPR_NAMESPACE}
+    assert all(any(pod.startswith(name) for pod in listed) for name in CONTROL_PLANE), done.stdout
 
 
 def test_the_node_is_ready() -> None:

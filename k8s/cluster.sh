@@ -11,14 +11,14 @@
 # and a FORWARD rule drops anything that would leave tda0 (`check_isolation` fails the run otherwise).
 # In the cluster: CoreDNS (k8s/coredns.yaml), three volumes for Dapr's scheduler (k8s/volumes.yaml),
 # then Dapr's own Helm chart from the github.com/dapr/dapr module at DAPR_RUNTIME_VERSION.
-# Usage: scripts/k8s.sh up|down|status|check
+# Usage: k8s/cluster.sh up|down|status|check
 # `down` stops every process by its pid file, removes pods' containers, mounts, network namespaces,
 # veths, the bridge and every iptables rule the cluster added, and deletes the cluster's state:
 # the next `up` starts a new cluster (containerd's image store in .cache/k8s/containerd is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A node needs root: network namespaces, a bridge, iptables, mounts, cgroups.
-if [ "$(id -u)" -ne 0 ]; then exec sudo "$PWD/scripts/k8s.sh" "$@"; fi
+if [ "$(id -u)" -ne 0 ]; then exec sudo "$PWD/k8s/cluster.sh" "$@"; fi
 # shellcheck source=../versions.env
 source versions.env
 
@@ -485,7 +485,7 @@ import_images() {
 
 dapr_chart() {
   local dir
-  dir=$(cd tools/dapr && GOFLAGS=-mod=mod go mod download -json "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" |
+  dir=$(cd scripts/dapr && GOFLAGS=-mod=mod go mod download -json "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" |
     sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
   [ -d "$dir/charts/dapr" ] || fail "no Helm chart in the github.com/dapr/dapr module at $dir"
   echo "$dir/charts/dapr"

@@ -2,19 +2,19 @@
 # Builds what the one-node Kubernetes of `make k8s-up` runs, from registries only (no GitHub, no Docker):
 #   packages    etcd, containerd, runc, CNI plugins, buildah, mmdebstrap, iptables from Debian packages
 #   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
-#               from the Go module proxy through tools/kubernetes/go.mod
+#               from the Go module proxy through k8s/build/kubernetes/go.mod
 #   helm        the Helm CLI from the Go module proxy
 #   coredns     cluster DNS from the Go module proxy
-#   dapr        operator, sentry and sidecar injector through tools/dapr/go.mod (daprd, placement and
+#   dapr        operator, sentry and sidecar injector through scripts/dapr/go.mod (daprd, placement and
 #               scheduler come from `scripts/setup.sh dapr`, which this runs first)
-#   pause       the pod sandbox process, tools/pause
+#   pause       the pod sandbox process, k8s/build/pause
 #   images      one FROM scratch image per binary, built with buildah into OCI archives
 #   app-images  the agent's image from the Dockerfile, and the stand-ins deploy/stand-ins runs (Redis,
 #               Zipkin), each on a Debian base made from Debian's packages by mmdebstrap
 # Binaries go to .cache/k8s/bin, images to .cache/k8s/images; each piece is skipped when its version
 # stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`;
 # images are built in a buildah store shared by checkouts, ~/.cache/tiniest-durable-agent/containers.
-# Usage: scripts/k8s-build.sh [step ...]   (default: all steps)
+# Usage: k8s/build.sh [step ...]   (default: all steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=setup.sh
@@ -70,7 +70,7 @@ build_kubernetes() {
   staging_version="v0.${KUBERNETES_VERSION#*.}"
   echo "    building kubernetes $version from Go modules (cold: ~17 CPU-minutes; staging modules at $staging_version)"
   mkdir -p "$K8S_BUILD" "$K8S_BIN"
-  cp tools/kubernetes/go.mod "$go_mod"
+  cp k8s/build/kubernetes/go.mod "$go_mod"
   for module in $(sed -n 's|^\t\(k8s.io/[^ ]*\) => ./staging/.*|\1|p' "$(module_dir "k8s.io/kubernetes@$version")/go.mod"); do
     go mod edit -replace="$module=$module@$staging_version" "$go_mod"
   done
@@ -127,7 +127,7 @@ build_dapr() {
     return
   fi
   mkdir -p "$K8S_BIN"
-  go_build_pinned "$K8S_BUILD/dapr" tools/dapr/go.mod \
+  go_build_pinned "$K8S_BUILD/dapr" scripts/dapr/go.mod \
     "-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION" \
     "github.com/dapr/dapr@$version" -tags allcomponents \
     github.com/dapr/dapr/cmd/operator github.com/dapr/dapr/cmd/sentry github.com/dapr/dapr/cmd/injector
@@ -137,13 +137,13 @@ build_dapr() {
 
 build_pause() {
   local version
-  version=$(cat tools/pause/*.go tools/pause/go.mod | sha256sum | cut -c1-12)
+  version=$(cat k8s/build/pause/*.go k8s/build/pause/go.mod | sha256sum | cut -c1-12)
   if built pause "$version"; then
     echo "    pause $version already in $K8S_BIN"
     return
   fi
   mkdir -p "$K8S_BIN"
-  (cd tools/pause && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/pause" .)
+  (cd k8s/build/pause && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/pause" .)
   mark_built pause "$version"
 }
 
@@ -207,7 +207,7 @@ build_images() {
   done
   build_image "$CLUSTER_IMAGE_REGISTRY/pause:$(cat "$K8S_BIN/.pause.version")" "$K8S_BIN/pause"
   build_image "$CLUSTER_IMAGE_REGISTRY/coredns:$COREDNS_VERSION" "$K8S_BIN/coredns"
-  # Archives of earlier versions of these images: `scripts/k8s.sh up` imports every archive here.
+  # Archives of earlier versions of these images: `k8s/cluster.sh up` imports every archive here.
   for archive in "$K8S_IMAGES"/{localhost_dapr_,localhost_k8s_}*.oci.tar; do
     if [ -e "$archive" ] && ! printf '%s\n' "${wanted_archives[@]}" | grep -qxF "$archive"; then
       rm -f "$archive" "$archive.stamp"
@@ -244,7 +244,7 @@ debian_image() {
   echo "    $image: Debian $DEBIAN_SUITE with $packages"
 }
 
-# Writes image $1 from buildah's store to an OCI archive for `scripts/k8s.sh up` to import, and removes
+# Writes image $1 from buildah's store to an OCI archive for `k8s/cluster.sh up` to import, and removes
 # the archives of the same image at other tags.
 save_archive() {
   local image=$1 archive stem

@@ -3,7 +3,7 @@
 // replace directives only apply in the main module, so they are repeated here.
 // scripts/setup.sh copies this file to a build folder and sets the version from versions.env.
 // When DAPR_RUNTIME_VERSION changes, compare these with the replace block of dapr's go.mod.
-module tiniest-durable-agent/tools/dapr
+module tiniest-durable-agent/scripts/dapr
 
 go 1.26.5
 
