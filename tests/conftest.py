@@ -71,7 +71,11 @@ def strip_ansi(text: str) -> str:
 
 
 def redis_cli(*args: str) -> str:
-    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, check=True).stdout
+    """redis-cli's answer as text; bytes that are not UTF-8 (a binary payload someone published) are
+    escaped, so that what an earlier story or user left in Redis cannot break a story."""
+    return subprocess.run(["redis-cli", *args], capture_output=True, check=True).stdout.decode(
+        errors="backslashreplace"
+    )
 
 
 def port_open(port: int) -> bool:
@@ -147,6 +151,9 @@ def dapr_env(llm_server: LLMServer) -> dict[str, str]:
     return user_env(llm_server.base_url)
 
 
+PORT_TAKEN = "could not listen on any endpoint"
+
+
 class DaprRun:
     """One `dapr run` command in the background, stopped by pid."""
 
@@ -157,23 +164,42 @@ class DaprRun:
         self.app_id = app_id or command.split("--app-id ")[1].split()[0]
         # Replicas share an app id; the app port tells them apart in `dapr list`.
         self.app_port = int(command.split(" -p ")[1].split()[0]) if " -p " in command else None
-        self.log_path = LOG_DIR / f"{name}-{time.strftime('%H%M%S')}-{len(DaprRun.started)}.log"
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                shlex.split(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.name, self.env, self.retried = name, env, False
+        self._start()
         self.sidecar: dict[str, Any] = {}
         # Set when the sidecar requires its API token (DAPR_API_TOKEN in its environment).
         self.auth = {"dapr-api-token": env["DAPR_API_TOKEN"]} if "DAPR_API_TOKEN" in env else {}
         DaprRun.started.append(self)
 
+    def _start(self) -> None:
+        self.log_path = LOG_DIR / f"{self.name}-{time.strftime('%H%M%S')}-{len(DaprRun.started)}.log"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                shlex.split(self.command),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def log(self) -> str:
         return strip_ansi(self.log_path.read_text(errors="replace"))
 
     def _exited(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"`{self.command}` exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        """Fails the story, the sidecar's fatal line first, once the run has died or its sidecar has."""
+        log = self.log()
+        # `dapr run` picks free ports, and another process can take one before daprd binds it: once
+        # per run, start again.
+        if PORT_TAKEN in log and not self.retried:
+            self.retried = True
+            self.stop()
+            self._start()
+            return
+        fatal = "".join(f"{line}\n" for line in log.splitlines() if "level=fatal" in line)
+        if self.process.poll() is not None or fatal:
+            pytest.fail(f"`{self.command}` exited or its sidecar did:\n{fatal}...\n{log[-3000:]}")
 
     def wait_for_sidecar(self, timeout: float = 60) -> None:
         def healthy() -> bool:

@@ -262,6 +262,30 @@ def test_a_fuzz_of_300_requests_to_every_route_gets_no_5xx_and_every_accepted_ru
         assert json.loads(outcome["serialized_input"])["task"] == task
 
 
+def test_a_binary_payload_goes_to_the_dead_letter_topic_and_the_stories_after_it_read_past_it(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
+    """Bytes that are not text, published raw through the sidecar's API; the dead-letter stories that
+    follow run with them on the topic, as a user's stack may hold them."""
+    dead_before = _newest_dead_letter()
+    publish_url = service.sidecar_url("/v1.0/publish/agent-pubsub/assistant.topic?metadata.rawPayload=true")
+    payload = b"\xff\xfe\x00 not text " + uuid.uuid4().bytes
+
+    published = requests.post(
+        publish_url, data=payload, headers={"Content-Type": "application/octet-stream"}, timeout=10
+    )
+    good_task = f"Write a haiku about bytes ({uuid.uuid4().hex[:8]})."
+    good = publish(good_task, dapr_env)
+
+    assert published.status_code == 204, published.text
+    assert good.returncode == 0, good.stderr
+    dead = wait_for(lambda: _dead_letters(after=dead_before), 30, "the binary message on the dead-letter topic")
+    assert len(dead) == 1 and "\\xff\\xfe" in str(dead[0]), dead
+    instance_id = wait_for(lambda: instance_with_task(good_task), 30, "a run for the good message")
+    assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
+    assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [good_task]
+
+
 @pytest.mark.parametrize(
     ("data", "detail"),
     [
@@ -277,14 +301,14 @@ def test_a_fuzz_of_300_requests_to_every_route_gets_no_5xx_and_every_accepted_ru
 def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_next_one_runs(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str], data: str, detail: str
 ) -> None:
-    dead_before, log_before = _dead_letters(), len(service.log())
+    dead_before, log_before = _newest_dead_letter(), len(service.log())
 
     bad = publish_data(data, dapr_env)
     good_task = f"Write a haiku about dead letters ({uuid.uuid4().hex[:8]})."
     good = publish(good_task, dapr_env)
 
     assert bad.returncode == 0 and good.returncode == 0, bad.stderr + good.stderr
-    dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 30, "the message on the dead-letter topic")
+    dead = wait_for(lambda: _dead_letters(after=dead_before), 30, "the message on the dead-letter topic")
     assert [event["data"] for event in dead] == [json.loads(data) if data.startswith(("[", "{")) else data]
     rejected = wait_for(
         lambda: [line for line in service.log().splitlines() if "Rejected message" in line and detail in line],
@@ -298,10 +322,16 @@ def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_ne
     assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [good_task]
 
 
-def _dead_letters() -> list[Any]:
-    """The messages on the dead-letter topic's Redis stream, oldest first: CloudEvents, and raw
-    payloads as they were published."""
-    lines = redis_cli("xrange", DEAD_LETTER, "-", "+").splitlines()
+def _newest_dead_letter() -> str:
+    """The id of the newest message on the dead-letter topic's Redis stream, before a story adds its own."""
+    newest = redis_cli("xrevrange", DEAD_LETTER, "+", "-", "COUNT", "1").split()
+    return newest[0] if newest else "0"
+
+
+def _dead_letters(after: str) -> list[Any]:
+    """The messages on the dead-letter topic's Redis stream since `after`, oldest first: CloudEvents,
+    and raw payloads as they were published. Only those: earlier ones may be anything, binary too."""
+    lines = redis_cli("xrange", DEAD_LETTER, f"({after}", "+").splitlines()
     return [_json_or_text(event) for field, event in itertools.pairwise(lines) if field == "data"]
 
 
@@ -315,12 +345,12 @@ def _json_or_text(text: str) -> Any:
 def test_a_raw_payload_the_agent_cannot_run_goes_to_the_dead_letter_topic(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
-    dead_before = _dead_letters()
+    dead_before = _newest_dead_letter()
     data = json.dumps({"prompt": f"Write a haiku about raw mistakes ({uuid.uuid4().hex[:8]})."})
     published = publish_data(data, dapr_env, raw=True)
 
     assert "Event published successfully" in published.stdout, published.stdout + published.stderr
-    dead = wait_for(lambda: _dead_letters()[len(dead_before) :], 30, "the message on the dead-letter topic")
+    dead = wait_for(lambda: _dead_letters(after=dead_before), 30, "the message on the dead-letter topic")
     assert dead == [json.loads(data)]
     assert "is required and must be a string; moved to assistant.topic.deadletter" in service.log()
     assert llm.state.chat_requests() == []
