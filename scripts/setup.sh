@@ -167,7 +167,8 @@ setup_zipkin() {
     return
   fi
   with_heartbeat "mvn zipkin" .cache/mvn-zipkin.log \
-    mvn -B -q dependency:get -Dtransitive=false -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec"
+    mvn -B -q dependency:get -Dmaven.repo.local="$HOME/.m2/repository" -Dtransitive=false \
+      -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec"
   ls -l "$ZIPKIN_JAR"
 }
 
