@@ -119,7 +119,7 @@ def test_a_pod_has_routes_to_the_pods_and_services_only(namespace: str, smoke_po
 
 
 def test_the_cluster_is_kept_inside_this_machine() -> None:
-    check = subprocess.run([str(ROOT / "scripts" / "k8s.sh"), "check"], capture_output=True, text=True, check=False)
+    check = subprocess.run([str(ROOT / "k8s" / "cluster.sh"), "check"], capture_output=True, text=True, check=False)
 
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -129,7 +129,7 @@ def test_the_isolation_check_fails_on_a_rule_that_would_nat_pods_to_the_outside(
     rule = ["-t", "nat", "-I", "POSTROUTING", "-s", "10.244.0.0/24", "-o", outside, "-j", "MASQUERADE"]
     run("iptables", "-w", *rule)
     try:
-        check = subprocess.run([str(ROOT / "scripts" / "k8s.sh"), "check"], capture_output=True, text=True, check=False)
+        check = subprocess.run([str(ROOT / "k8s" / "cluster.sh"), "check"], capture_output=True, text=True, check=False)
     finally:
         run("iptables", "-w", *(["-D" if part == "-I" else part for part in rule]))
 
@@ -150,7 +150,7 @@ def test_k8s_up_again_on_a_running_cluster_changes_nothing() -> None:
 
     before = control_plane()
     again = subprocess.run(
-        [str(ROOT / "scripts" / "k8s.sh"), "up"], capture_output=True, text=True, check=False, timeout=300
+        [str(ROOT / "k8s" / "cluster.sh"), "up"], capture_output=True, text=True, check=False, timeout=300
     )
 
     assert again.returncode == 0, again.stdout + again.stderr
