@@ -1,9 +1,13 @@
-"""Retention: a completed run's workflow state is purged after the time config/dapr-config.yaml sets."""
+"""Retention: a completed run's workflow state is purged after the time config/dapr-config.yaml sets,
+and a topic keeps its messages for the time resources/agent-pubsub.yaml sets."""
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -56,3 +60,36 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
         assert status.status_code == 404, status.text
     finally:
         service.stop()
+
+
+def test_a_topic_keeps_its_messages_for_the_stream_ttl_its_component_sets(
+    dapr_env: dict[str, str], tmp_path: Path
+) -> None:
+    pubsub = yaml.safe_load((ROOT / "resources" / "agent-pubsub.yaml").read_text())
+    ttl = next(m for m in pubsub["spec"]["metadata"] if m["name"] == "streamTTL")
+    assert ttl["value"] == "168h"  # the week docs/cost.md states
+    ttl["value"] = "5s"  # the shipped component, with its week shortened to watch the trim
+    resources = tmp_path / "resources"
+    shutil.copytree(ROOT / "resources", resources)
+    (resources / "agent-pubsub.yaml").write_text(yaml.safe_dump(pubsub))
+    topic = f"bound-{uuid.uuid4().hex[:8]}"
+    sidecar = DaprRun(
+        f"dapr run --app-id ttl-check --resources-path {resources} --dapr-listen-addresses 127.0.0.1", dapr_env, "ttl"
+    )
+    try:
+        sidecar.wait_for_sidecar()
+        url = sidecar.sidecar_url(f"/v1.0/publish/agent-pubsub/{topic}")
+        with requests.Session() as session:
+            for n in range(300):
+                assert session.post(url, json={"n": n}, timeout=10).status_code == 204
+            before = int(redis_cli("xlen", topic))
+            time.sleep(6)
+            assert session.post(url, json={"n": 300}, timeout=10).status_code == 204  # trims what is older
+        after = int(redis_cli("xlen", topic))
+
+        print(f"\n{topic}: {before} messages, {after} after the TTL and one more publish")
+        # Redis trims whole nodes of its stream (100 entries each), so up to 100 old ones stay.
+        assert before >= 250 and after <= 101, (before, after)
+    finally:
+        sidecar.stop()
+        redis_cli("del", topic)
