@@ -31,19 +31,14 @@ DAPR_BIN = Path.home() / ".dapr" / "bin"
 LOG_DIR = ROOT / ".run" / "test-logs"
 
 
-def page_exports() -> dict[str, str]:
-    """The variables the pages' `export OTEL_` lines set in the user's shell."""
-    exports = page_commands("export OTEL_")
-    return dict(pair.split("=", 1) for line in exports for pair in line.split()[1:])
-
-
 # The stories run the pages' own commands, so a page that drifts fails the tests.
 ONE_SHOT = page_command("dapr run --app-id durable-agent-minimal")
 SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-p 8001 --log-level warn -- python")
 # The same with dapr-agents' own tracing switched on, through variables given to the app only.
 TRACED_SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
 ACTIVATE = page_command("source .venv/bin/activate")
-OTEL_EXPORTS = page_exports()
+# The variables the pages' `export OTEL_` lines set in the user's shell.
+OTEL_EXPORTS = dict(pair.split("=", 1) for line in page_commands("export OTEL_") for pair in line.split()[1:])
 PUBLISH = page_command("dapr publish --publish-app-id")
 PUBLISH_RAW = page_command("dapr publish --metadata")
 AGENT_TRACING = dict(w.split("=", 1) for w in TRACED_SERVICE.split(" -- env ")[1].split() if "=" in w)
@@ -372,9 +367,15 @@ def post_with_key(task: str, key: str) -> requests.Response:
     return requests.post(f"{SERVICE_URL}/run", json={"task": task}, headers=headers, timeout=60)
 
 
+def newest_entry(stream: str) -> str:
+    """The id of the newest entry on a Redis stream; "0" for an empty or missing one."""
+    newest = redis_cli("xrevrange", stream, "+", "-", "COUNT", "1").split()
+    return newest[0] if newest else "0"
+
+
 def all_delivered() -> bool:
     """The agent has taken, and acknowledged, the newest message on its topic's Redis stream."""
-    newest = redis_cli("xrevrange", "assistant.topic", "+", "-", "COUNT", "1").split()[0]
+    newest = newest_entry("assistant.topic")
     groups = redis_cli("xinfo", "groups", "assistant.topic").split("name\n")[1:]  # one per app id
     fields = next(g for g in groups if g.startswith("durable-agent-service\n")).splitlines()
     group = dict(zip(fields[1::2], fields[2::2], strict=False))

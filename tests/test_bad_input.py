@@ -24,6 +24,7 @@ from tests.conftest import (
     answer_of,
     calls_for,
     instance_with_task,
+    newest_entry,
     post_run,
     publish,
     publish_data,
@@ -267,7 +268,7 @@ def test_a_binary_payload_goes_to_the_dead_letter_topic_and_the_stories_after_it
 ) -> None:
     """Bytes that are not text, published raw through the sidecar's API; the dead-letter stories that
     follow run with them on the topic, as a user's stack may hold them."""
-    dead_before = _newest_dead_letter()
+    dead_before = newest_entry(DEAD_LETTER)
     publish_url = service.sidecar_url("/v1.0/publish/agent-pubsub/assistant.topic?metadata.rawPayload=true")
     payload = b"\xff\xfe\x00 not text " + uuid.uuid4().bytes
 
@@ -301,7 +302,7 @@ def test_a_binary_payload_goes_to_the_dead_letter_topic_and_the_stories_after_it
 def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_next_one_runs(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str], data: str, detail: str
 ) -> None:
-    dead_before, log_before = _newest_dead_letter(), len(service.log())
+    dead_before, log_before = newest_entry(DEAD_LETTER), len(service.log())
 
     bad = publish_data(data, dapr_env)
     good_task = f"Write a haiku about dead letters ({uuid.uuid4().hex[:8]})."
@@ -322,12 +323,6 @@ def test_a_message_the_agent_cannot_run_goes_to_the_dead_letter_topic_and_the_ne
     assert [r.user_text for r in llm.state.chat_requests() if "response_format" not in r.body] == [good_task]
 
 
-def _newest_dead_letter() -> str:
-    """The id of the newest message on the dead-letter topic's Redis stream, before a story adds its own."""
-    newest = redis_cli("xrevrange", DEAD_LETTER, "+", "-", "COUNT", "1").split()
-    return newest[0] if newest else "0"
-
-
 def _dead_letters(after: str) -> list[Any]:
     """The messages on the dead-letter topic's Redis stream since `after`, oldest first: CloudEvents,
     and raw payloads as they were published. Only those: earlier ones may be anything, binary too."""
@@ -345,7 +340,7 @@ def _json_or_text(text: str) -> Any:
 def test_a_raw_payload_the_agent_cannot_run_goes_to_the_dead_letter_topic(
     service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
 ) -> None:
-    dead_before = _newest_dead_letter()
+    dead_before = newest_entry(DEAD_LETTER)
     data = json.dumps({"prompt": f"Write a haiku about raw mistakes ({uuid.uuid4().hex[:8]})."})
     published = publish_data(data, dapr_env, raw=True)
 
