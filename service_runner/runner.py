@@ -49,6 +49,7 @@ class ServiceRunner(AgentRunner):
         super().__init__(wf_client=self._workflows, client_factory=self._dapr, **options)
         self._runtime = workflow_runtime()
         self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._entries: dict[str, Callable[..., Any]] = {}
 
     def serve(self, agent: DurableAgent, **options: Any) -> FastAPI:  # type: ignore[override]
         # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
@@ -85,6 +86,13 @@ class ServiceRunner(AgentRunner):
         self._runtime.shutdown()  # the agent stops only a runtime it made itself
         self._workflows.close()  # the base closes only a client it made itself
         self._dapr.close()
+
+    def discover_entry(self, agent: DurableAgent) -> Callable[..., Any]:
+        """The agent's workflow, found once: dapr-agents looks for it again on every run, reading each of
+        the agent's properties, one of which reads the agent registry from the state store."""
+        if agent.name not in self._entries:
+            self._entries[agent.name] = super().discover_entry(agent)
+        return self._entries[agent.name]
 
     def _build_pubsub_specs(self, agent: DurableAgent, config: Any) -> list[PubSubRouteSpec]:
         """Dapr takes a streaming subscription's dead-letter topic from the app only, and dapr-agents

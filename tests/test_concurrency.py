@@ -65,6 +65,15 @@ def health_probes() -> int:
     return sum(int(float(value)) for labels, value in counts if 'path="/v1.0/healthz/outbound"' in labels)
 
 
+def sidecar_calls() -> collections.Counter[str]:
+    """How often the agent has called each gRPC method of its sidecar, from the sidecar's metrics."""
+    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+    calls: collections.Counter[str] = collections.Counter()
+    for labels, value in re.findall(r"^dapr_grpc_io_server_completed_rpcs\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+        calls[re.findall(r'grpc_server_method="[^"]*/([^"/]+)"', labels)[0]] += int(float(value))
+    return calls
+
+
 def test_64_runs_posted_at_once_are_all_in_their_llm_call_together_and_complete_once(
     start_service: Callable[[], DaprRun], llm: LLMServer
 ) -> None:
@@ -114,19 +123,25 @@ def test_1000_runs_past_a_bound_of_32_wait_their_turn_and_all_complete_once(
     )
 
 
-def test_the_agent_builds_no_dapr_client_per_run(start_service: Callable[[], DaprRun], llm: LLMServer) -> None:
+def test_the_agent_builds_no_dapr_client_per_run_and_reads_its_registry_once(
+    start_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
     """dapr-agents builds a Dapr client for every state operation and LLM call (34 per run, counted
-    here) unless handed one (service_runner/dapr_client.py). A new dapr-agents that builds its
-    clients some other way shows here as probes per run."""
+    here) unless handed one (service_runner/dapr_client.py), and its runner reads the agent registry
+    for every run it starts, on top of the workflow's own read (ServiceRunner.discover_entry). A new
+    dapr-agents that builds its clients or finds its workflow some other way shows here."""
     start_service()
     batch = uuid.uuid4().hex[:8]
     tasks = [f"Write haiku number {n} about reuse ({batch})." for n in range(50)]
     run_all(tasks[:1])  # the first run sets up what every later run reuses
-    before = health_probes()
+    probes_before, calls_before = health_probes(), sidecar_calls()
 
     statuses = run_all(tasks[1:], posting=8)
 
-    probes = health_probes() - before
+    probes = health_probes() - probes_before
+    calls = sidecar_calls() - calls_before
     assert statuses == {"COMPLETED": 49}, statuses
     assert probes == 0, f"{probes} new Dapr clients for 49 runs"
+    assert calls["StartInstance"] == calls["ConverseAlpha2"] == 49, calls
+    assert calls["GetBulkState"] == 49, f"{calls['GetBulkState']} reads of the registry for 49 runs"
     assert calls_for(llm, tasks[1]) == 1
