@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import matplotlib
 import openai
 import requests
@@ -166,7 +167,19 @@ class RunEnds:
         self._client = DaprWorkflowClient(host="127.0.0.1", port=str(service.sidecar["grpcPort"]))
 
     def wait(self, instance_id: str) -> WorkflowState:
-        state = self._client.wait_for_workflow_completion(instance_id, timeout_in_seconds=900)
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                left = int(deadline - time.monotonic())
+                state = self._client.wait_for_workflow_completion(instance_id, timeout_in_seconds=left)
+                break
+            except grpc.RpcError as error:  # the sidecar dropped the wait (an overloaded one does): wait again
+                if time.monotonic() > deadline or error.code() not in (
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNAVAILABLE,
+                ):
+                    raise
+                time.sleep(0.5)
         assert state is not None and state.runtime_status == WorkflowStatus.COMPLETED, state
         return state
 
@@ -546,7 +559,10 @@ def write_results(
     ]
     kept = {
         "workflow state": ("workflow state (history, metadata)", "24 h after it completes (`config/dapr-config.yaml`)"),
-        "agent entries": ("the run's conversation (agent entry)", "until deleted"),
+        "agent entries": (
+            "the run's conversation (agent entry)",
+            "a week after its last write (`resources/agent-workflow.yaml`)",
+        ),
     }
     storage_rows = [
         f"| {kept[name][0]} | {keys:.1f} | {size / 1024:.1f} | {kept[name][1]} |"
@@ -753,9 +769,9 @@ Redis grows by {bytes_per_run / 1024:.1f} KiB and {keys_per_run:.1f} keys per co
 | --- | --- | --- | --- |
 {chr(10).join(storage_rows)}
 
-So once a day has passed, each completed run leaves {stored["agent entries"][1] / 1024:.1f} KiB for good: the
-agent's entries are the part still unbounded. A `ttlInSeconds` on `agent-workflow` would bound them,
-but it would also expire the workflow state of any run idle that long.
+So a day after it completes a run still holds {stored["agent entries"][1] / 1024:.1f} KiB, its entry, and a week after
+its last step nothing: the entry's store sets a TTL on every write, while the workflow state's store has none
+(it would expire a waiting run's steps) and is purged by the retention policy.
 
 ![latency and phases](latency.png)
 """

@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from tests.llm_server import HAIKU, LLMServer
 from tests.pages import page_command, page_commands
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTBOX = ROOT / "outbox.txt"
 DAPR_BIN = Path.home() / ".dapr" / "bin"
 LOG_DIR = ROOT / ".run" / "test-logs"
 
@@ -321,6 +323,18 @@ def start_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
     services = DaprRuns(SERVICE, "service")
     yield lambda: services.start(dapr_env)
     services.stop_all()
+
+
+@pytest.fixture
+def outbox() -> Iterator[Path]:
+    """outbox.txt, where durable_agent_tool.py's tool writes, empty for the story; a user's own is put
+    back afterwards."""
+    kept = OUTBOX.read_bytes() if OUTBOX.exists() and stat.S_ISREG(OUTBOX.stat().st_mode) else None
+    OUTBOX.unlink(missing_ok=True)
+    yield OUTBOX
+    OUTBOX.unlink(missing_ok=True)
+    if kept is not None:
+        OUTBOX.write_bytes(kept)
 
 
 def post_run(task: Any, service_url: str = SERVICE_URL) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Retention: a completed run's workflow state is purged after the time config/dapr-config.yaml sets,
-and a topic keeps its messages for the time resources/agent-pubsub.yaml sets."""
+its entry expires after the TTL resources/agent-workflow.yaml sets, and a topic keeps its messages for
+the time resources/agent-pubsub.yaml sets."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tests.llm_server import HAIKU, LLMServer
 WORKFLOW_LIST = page_command("dapr workflow list")
 
 
-def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
+def test_a_completed_runs_workflow_state_is_purged_and_its_entry_expires(
     llm: LLMServer, dapr_env: dict[str, str], tmp_path: Path
 ) -> None:
     config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
@@ -38,9 +39,17 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
     assert set(retention) == {"completed", "failed", "terminated"}
     retention["completed"] = "15s"  # the shipped configuration, its day shortened: long enough to count the keys
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    service = DaprRun(
-        SERVICE.replace("dapr run", f"dapr run --config {tmp_path / 'config.yaml'}", 1), dapr_env, "retention"
+    entries = yaml.safe_load((ROOT / "resources" / "agent-workflow.yaml").read_text())
+    ttl = next(m for m in entries["spec"]["metadata"] if m["name"] == "ttlInSeconds")
+    assert ttl["value"] == "604800"  # the week docs/cost.md states
+    ttl["value"] = "30"  # and the entries' week shortened
+    resources = tmp_path / "resources"
+    shutil.copytree(ROOT / "resources", resources)
+    (resources / "agent-workflow.yaml").write_text(yaml.safe_dump(entries))
+    command = SERVICE.replace("./resources", str(resources)).replace(
+        "dapr run", f"dapr run --config {tmp_path / 'config.yaml'}", 1
     )
+    service = DaprRun(command, dapr_env, "retention")
     try:
         service.wait_until_ready(SERVICE_URL)
         instance_id = post_run(TASK)["instance_id"]
@@ -49,15 +58,21 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_conversation_stays(
         def workflow_keys() -> list[str]:
             return redis_cli("--scan", "--pattern", f"*.workflow||{instance_id}||*").split()
 
-        assert len(workflow_keys()) >= 10, "the run left no workflow state to purge"
-        wait_for(lambda: not workflow_keys(), 45, "the completed run's workflow state to be purged")
-
+        entry_key = f"durable-agent-service||assistant:_workflow_{instance_id}"
         entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
         assert entry["messages"][-1]["content"] == HAIKU
+        assert 0 < int(redis_cli("ttl", entry_key)) <= 30
+        keys = workflow_keys()
+        assert len(keys) >= 10, "the run left no workflow state to purge"
+        # No TTL on the workflow's own state: it would expire a waiting run's steps one by one.
+        assert {int(redis_cli("ttl", key)) for key in keys} == {-1}
+
+        wait_for(lambda: not workflow_keys(), 45, "the completed run's workflow state to be purged")
         listed = subprocess.run(shlex.split(WORKFLOW_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
         assert listed.returncode == 0 and instance_id not in listed.stdout, listed.stdout + listed.stderr
         status = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=5)
         assert status.status_code == 404, status.text
+        wait_for(lambda: redis_cli("exists", entry_key).strip() == "0", 40, "the run's entry to expire")
     finally:
         service.stop()
 

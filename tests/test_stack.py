@@ -34,7 +34,9 @@ def test_a_sidecar_loads_every_resource_and_connects_to_placement_and_scheduler(
         assert metadata["runtimeVersion"] == PINS["DAPR_RUNTIME_VERSION"]
         loaded = {(c["name"], c["type"]) for c in metadata["components"]}
         assert loaded == {
+            ("workflow-state", "state.redis"),
             ("agent-workflow", "state.redis"),
+            ("agent-approvals", "state.redis"),
             ("agent-registry", "state.redis"),
             ("agent-pubsub", "pubsub.redis"),
             ("agent-stream", "pubsub.redis"),

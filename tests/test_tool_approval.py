@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import signal
-import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import (
-    ROOT,
+    OUTBOX,
     SERVICE_URL,
     DaprRun,
     DaprRuns,
@@ -42,12 +41,11 @@ from tests.conftest import (
 )
 from tests.llm_server import HAIKU, LLMServer
 
-TOOL_SERVICE = page_command("dapr run --app-id durable-agent-tool")
+TOOL_SERVICE = page_command("dapr run --app-id durable-agent-tool", containing="-p 8001")
 POST_TASK = page_command("curl -X POST http://localhost:8001/run")
 LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
 APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
 DENY = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": false')
-OUTBOX = ROOT / "outbox.txt"
 NOT_EXECUTED = "Tool 'publish_haiku' was not executed: approval was not granted or timed out."
 # Long enough for every story that does not wait the timeout out, restarts included.
 NO_TIMEOUT_S = 600
@@ -103,17 +101,6 @@ def assert_published_once_and_answered(service: DaprRun, instance_id: str, outco
     assert json.loads(call["function"]["arguments"]) == {"haiku": HAIKU}
     assert messages[2]["content"] == f"Published as {instance_id}:{call['id']}."
     assert answer_of(outcome) == f"The tool answered: {messages[2]['content']}"
-
-
-@pytest.fixture
-def outbox() -> Iterator[Path]:
-    """outbox.txt, empty for the story; a user's own is put back afterwards."""
-    kept = OUTBOX.read_bytes() if OUTBOX.exists() and stat.S_ISREG(OUTBOX.stat().st_mode) else None
-    OUTBOX.unlink(missing_ok=True)
-    yield OUTBOX
-    OUTBOX.unlink(missing_ok=True)
-    if kept is not None:
-        OUTBOX.write_bytes(kept)
 
 
 @pytest.fixture
