@@ -258,7 +258,7 @@ save_archive() {
 
 # The tag of the agent's image: what goes into it, hashed.
 agent_image_tag() {
-  cat Dockerfile .dockerignore requirements.txt durable_agent_service.py service_runner/*.py | sha256sum | cut -c1-12
+  cat Dockerfile .dockerignore requirements.txt durable_agent_service.py durable_agent_tool.py service_runner/*.py | sha256sum | cut -c1-12
 }
 
 build_app_images() {

@@ -30,6 +30,9 @@ from tests.conftest import page_command, page_commands, wait_for
 
 NAMESPACE = "durable-agent"
 APP_ID = "durable-agent-service"
+TOOL_APP_ID = "durable-agent-tool"
+# Each agent's Service and pod label (deploy/agent.yaml, deploy/tool-agent/tool-agent.yaml).
+DEPLOYMENT_OF = {APP_ID: "durable-agent", TOOL_APP_ID: "durable-agent-tool"}
 OVERLAY = ROOT / "k8s" / "tests" / "overlay"
 AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"
 REDIS_VOLUME = ROOT / ".run" / "k8s" / "volumes" / "redis-data"
@@ -56,9 +59,11 @@ class Agent:
             self.service_ips[name] = kubectl("get", "service", name, "-n", NAMESPACE, "-o", jsonpath).stdout
         return self.service_ips[name]
 
-    def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
-        """A call to the agent's app through its Service and sidecar (service invocation)."""
-        url = f"http://{self.service_ip('durable-agent')}/v1.0/invoke/{APP_ID}/method{path}"
+    def call(
+        self, method: str, path: str, token: str | None = None, app_id: str = APP_ID, **kwargs: Any
+    ) -> requests.Response:
+        """A call to an agent's app through its Service and sidecar (service invocation)."""
+        url = f"http://{self.service_ip(DEPLOYMENT_OF[app_id])}/v1.0/invoke/{app_id}/method{path}"
         headers = {"dapr-api-token": self.api_token if token is None else token, **kwargs.pop("headers", {})}
         return requests.request(method, url, headers=headers, timeout=30, **kwargs)
 
@@ -76,29 +81,29 @@ class Agent:
     def llm_calls_for(self, task: str) -> int:
         return sum(1 for r in self.llm("GET", "/requests") if task in r["asked"])
 
-    def status(self, instance_id: str) -> dict[str, Any] | None:
-        answer = self.call("GET", f"/agent/instances/{instance_id}")
+    def status(self, instance_id: str, app_id: str = APP_ID) -> dict[str, Any] | None:
+        answer = self.call("GET", f"/agent/instances/{instance_id}", app_id=app_id)
         return answer.json() if answer.status_code == 200 else None
 
-    def outcome(self, instance_id: str, timeout: float = 120) -> dict[str, Any]:
+    def outcome(self, instance_id: str, timeout: float = 120, app_id: str = APP_ID) -> dict[str, Any]:
         def ended() -> dict[str, Any] | None:
-            status = self.status(instance_id)
+            status = self.status(instance_id, app_id)
             return status if status and status["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED") else None
 
         return wait_for(ended, timeout, f"run {instance_id} to end", interval=0.5)
 
-    def pods(self) -> list[dict[str, Any]]:
-        return kubectl_json("get", "pods", "-n", NAMESPACE, "-l", "app=durable-agent")["items"]
+    def pods(self, app_id: str = APP_ID) -> list[dict[str, Any]]:
+        return kubectl_json("get", "pods", "-n", NAMESPACE, "-l", f"app={DEPLOYMENT_OF[app_id]}")["items"]
 
-    def wait_ready(self, replicas: int, timeout: float = 180) -> list[str]:
-        """The names of the agent's pods once there are `replicas` of them, all Ready, none going away."""
+    def wait_ready(self, replicas: int, timeout: float = 180, app_id: str = APP_ID) -> list[str]:
+        """The names of an agent's pods once there are `replicas` of them, all Ready, none going away."""
 
         def ready() -> list[str] | None:
-            pods = self.pods()  # one listing, so that the count and the states agree
+            pods = self.pods(app_id)  # one listing, so that the count and the states agree
             settled = all(_ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods)
             return [p["metadata"]["name"] for p in pods] if len(pods) == replicas and settled else None
 
-        return wait_for(ready, timeout, f"{replicas} Ready agent pod(s) in {NAMESPACE}", interval=1)
+        return wait_for(ready, timeout, f"{replicas} Ready {app_id} pod(s) in {NAMESPACE}", interval=1)
 
     def busiest_pod(self) -> tuple[str, int]:
         """The agent pod whose sidecar hosts the most workflow activities now (each LLM call is one),
@@ -247,7 +252,12 @@ def deploy() -> Iterator[Agent]:
         kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifests)
         applied = time.monotonic()
         kubectl("apply", "--validate=strict", "-f", "-", stdin=manifests)
-        for name in ("statefulset/redis", "deployment/zipkin", "deployment/stand-in-llm"):
+        for name in (
+            "statefulset/redis",
+            "deployment/zipkin",
+            "deployment/stand-in-llm",
+            "deployment/durable-agent-tool",
+        ):
             done = kubectl("rollout", "status", name, "-n", NAMESPACE, "--timeout=240s", check=False, timeout=250)
             if done.returncode != 0:
                 pytest.fail(f"{name} did not become Ready:\n{done.stdout}{done.stderr}\n{logs_of_namespace()[-6000:]}")

@@ -12,11 +12,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
 
-from k8s.tests.agent import NAMESPACE, Agent, deploy, key_digest, logs_of_namespace
+from k8s.tests.agent import NAMESPACE, TOOL_APP_ID, Agent, deploy, key_digest, logs_of_namespace
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
 from tests.conftest import answer_of, page_command, port_open, trace_of_run, wait_for
@@ -183,6 +184,89 @@ def test_with_two_replicas_fifty_runs_at_once_complete_once_when_one_pod_is_kill
     assert [start_run(agent, task) for task in tasks] == instance_ids  # and each is still the one run
     assert all(1 <= c <= 2 for c in calls), calls  # a call is repeated only if its pod died during it
     assert any(c == 2 for c in calls), "the killed pod was running none of the runs: the story proved nothing"
+
+
+def tool_task(about: str) -> str:
+    return f"Write a haiku about {about} and publish it ({uuid.uuid4().hex[:8]})."
+
+
+def approvals_listed(agent: Agent) -> dict[str, dict[str, Any]]:
+    """The tool agent's waiting approvals by run, as its Service answers (either pod, whichever it reaches)."""
+    try:
+        answer = agent.call("GET", "/hitl/approvals", app_id=TOOL_APP_ID)
+    except requests.RequestException:  # a pod just deleted, still behind the Service for a moment
+        return {}
+    return {approval["instance_id"]: approval for approval in answer.json()} if answer.status_code == 200 else {}
+
+
+def waiting_approvals(agent: Agent, instance_ids: list[str]) -> list[dict[str, Any]]:
+    def all_listed() -> list[dict[str, Any]] | None:
+        listed = approvals_listed(agent)
+        return [listed[i] for i in instance_ids] if set(instance_ids) <= set(listed) else None
+
+    return wait_for(all_listed, 90, f"the tool agent to list approvals for {len(instance_ids)} runs", interval=1)
+
+
+def approve(agent: Agent, approval: dict[str, Any]) -> requests.Response:
+    path = f"/hitl/approvals/{approval['approval_request_id']}/respond"
+    return agent.call("POST", path, app_id=TOOL_APP_ID, json={"approved": True})
+
+
+def tool_runs(agent: Agent, instance_id: str) -> int:
+    """Lines the tool wrote for the run, in the outboxes of the tool agent's pods now."""
+    lines = 0
+    for pod in agent.pods(TOOL_APP_ID):
+        done = kubectl(
+            "exec", pod["metadata"]["name"], "-n", NAMESPACE, "-c", "agent", "--", "cat", "outbox.txt", check=False
+        )
+        lines += sum(line.startswith(f"{instance_id}:") for line in done.stdout.splitlines())
+    return lines
+
+
+def assert_tool_ran_once_and_completed(agent: Agent, task: str, instance_id: str) -> None:
+    outcome = agent.outcome(instance_id, timeout=180, app_id=TOOL_APP_ID)
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert answer_of(outcome).startswith(f"The tool answered: Published as {instance_id}:")
+    assert tool_runs(agent, instance_id) == 1
+    assert agent.llm_calls_for(task) == 2  # one that asks for the tool, one that answers with its result
+
+
+def test_the_tool_agents_two_replicas_list_an_approval_and_either_takes_the_decision(agent: Agent) -> None:
+    pods = agent.wait_ready(2, app_id=TOOL_APP_ID)
+    tasks = [tool_task(f"replica approvals {n}") for n in range(4)]
+    answers = [agent.call("POST", "/run", app_id=TOOL_APP_ID, json={"task": task}) for task in tasks]
+    instance_ids = [answer.json()["instance_id"] for answer in answers]
+    approvals = waiting_approvals(agent, instance_ids)
+
+    # Each pod's own app, through its own sidecar, lists all four, wherever the runs are.
+    for pod in agent.pods(TOOL_APP_ID):
+        url = f"http://{pod['status']['podIP']}:3500/v1.0/invoke/{TOOL_APP_ID}/method/hitl/approvals"
+        listed = requests.get(url, headers={"dapr-api-token": agent.api_token}, timeout=30).json()
+        assert set(instance_ids) <= {approval["instance_id"] for approval in listed}, pod["metadata"]["name"]
+    decisions = [approve(agent, approval) for approval in approvals]
+
+    assert [d.status_code for d in decisions] == [200] * 4, [d.text for d in decisions]
+    for task, instance_id in zip(tasks, instance_ids, strict=True):
+        assert_tool_ran_once_and_completed(agent, task, instance_id)
+    assert not set(approvals_listed(agent)) & set(instance_ids)
+    print(f"\ntool agent, 2 replicas ({', '.join(pods)}): 4 approvals listed by both, approved through the Service")
+
+
+def test_a_tool_agent_pod_force_deleted_while_approvals_wait_leaves_them_to_the_other(agent: Agent) -> None:
+    victim, _ = agent.wait_ready(2, app_id=TOOL_APP_ID)
+    tasks = [tool_task(f"surviving approvals {n}") for n in range(4)]
+    answers = [agent.call("POST", "/run", app_id=TOOL_APP_ID, json={"task": task}) for task in tasks]
+    instance_ids = [answer.json()["instance_id"] for answer in answers]
+    approvals = waiting_approvals(agent, instance_ids)
+
+    force_delete(victim)
+
+    assert waiting_approvals(agent, instance_ids) == approvals
+    decisions = [approve(agent, approval) for approval in approvals]
+    assert [d.status_code for d in decisions] == [200] * 4, [d.text for d in decisions]
+    for task, instance_id in zip(tasks, instance_ids, strict=True):
+        assert_tool_ran_once_and_completed(agent, task, instance_id)
+    agent.wait_ready(2, app_id=TOOL_APP_ID)
 
 
 def test_the_trace_of_a_run_is_in_zipkin(agent: Agent) -> None:

@@ -12,12 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from k8s.tests.conftest import PINS, ROOT, kubectl
 
 DEPLOY = ROOT / "deploy"
 APP_ID = "durable-agent-service"
+TOOL_APP_ID = "durable-agent-tool"
 # What the cluster's copy reads from a Secret where the local one has a literal or an environment
 # variable; locally Redis has no password.
 KINDS = ["Component", "Configuration", "Deployment", "Resiliency", "Service", "ServiceAccount", "StatefulSet"]
@@ -52,7 +54,7 @@ def by_name(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_every_manifest_passes_the_api_servers_schemas(namespace: str) -> None:
-    documents = rendered(DEPLOY, namespace) + rendered(DEPLOY / "stand-ins", namespace)
+    documents = rendered(DEPLOY / "tool-agent", namespace) + rendered(DEPLOY / "stand-ins", namespace)
     kinds = sorted({d["kind"] for d in documents})
 
     checked = dry_run(*documents)
@@ -63,7 +65,7 @@ def test_every_manifest_passes_the_api_servers_schemas(namespace: str) -> None:
 
 
 def test_a_misspelt_field_in_any_manifest_fails_the_check(namespace: str) -> None:
-    documents = rendered(DEPLOY, namespace) + rendered(DEPLOY / "stand-ins", namespace)
+    documents = rendered(DEPLOY / "tool-agent", namespace) + rendered(DEPLOY / "stand-ins", namespace)
 
     for document in documents:
         misspelt, field = with_a_typo(document)
@@ -80,7 +82,7 @@ def test_the_clusters_dapr_components_say_what_the_local_ones_say_but_for_secret
     for name in components:
         here, there = local[name], cluster[name]
         assert (there["spec"]["type"], there["spec"]["version"]) == (here["spec"]["type"], here["spec"]["version"])
-        assert there["scopes"] == [APP_ID] and there["auth"] == {"secretStore": "kubernetes"}, name
+        assert there["scopes"] == [APP_ID, TOOL_APP_ID] and there["auth"] == {"secretStore": "kubernetes"}, name
         items = {item["name"]: item for item in there["spec"]["metadata"]}
         for item in here["spec"]["metadata"]:
             if item["name"] in FROM_SECRETS:
@@ -104,13 +106,14 @@ def test_the_clusters_resiliency_and_configuration_are_the_local_ones() -> None:
     assert cluster_config["spec"] == local_config["spec"]
 
 
-def test_the_deployment_has_probes_limits_a_non_root_user_and_time_to_finish_a_step() -> None:
-    (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / "agent.yaml").read_text()) if d["kind"] == "Deployment"]
+@pytest.mark.parametrize(("manifest", "app_id"), [("agent.yaml", APP_ID), ("tool-agent/tool-agent.yaml", TOOL_APP_ID)])
+def test_each_deployment_has_probes_limits_a_non_root_user_and_time_for_a_step(manifest: str, app_id: str) -> None:
+    (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / manifest).read_text()) if d["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
     annotations = template["metadata"]["annotations"]
     (container,) = template["spec"]["containers"]
 
-    assert annotations["dapr.io/app-id"] == APP_ID and annotations["dapr.io/app-port"] == "8001"
+    assert annotations["dapr.io/app-id"] == app_id and annotations["dapr.io/app-port"] == "8001"
     assert annotations["dapr.io/config"] == "agent-config"
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
     assert {"readinessProbe", "livenessProbe", "resources"} <= set(container)
