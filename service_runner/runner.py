@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -26,6 +27,7 @@ from service_runner.approvals import Approvals
 from service_runner.dapr_client import SharedDaprClient
 from service_runner.http_door import APPROVAL_PATH, HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
+from service_runner.stream_keys import StreamKeys
 from service_runner.thread_pools import event_loop_executor, workflow_runtime
 from service_runner.tool_calls import name_tool_calls
 from service_runner.topic_door import dead_letter, runnable
@@ -46,6 +48,7 @@ class ServiceRunner(AgentRunner):
     def __init__(self, **options: Any) -> None:
         self._workflows = OncePerMessageClient()
         self._dapr = SharedDaprClient()
+        self._stream_keys = StreamKeys(self._workflows, self._dapr)
         super().__init__(wf_client=self._workflows, client_factory=self._dapr, **options)
         self._runtime = workflow_runtime()
         self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -79,9 +82,16 @@ class ServiceRunner(AgentRunner):
         asyncio.run(_serve(server))
         return app
 
-    def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
-        """Dapr's Conversation API answers whole, not in deltas: the stream carries the answer."""
-        return super().run_stream(agent, payload, **{**options, "include_complete_message": True})
+    async def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
+        """Dapr's Conversation API answers whole, not in deltas: the stream carries the answer. The
+        run's stream in Redis goes once no chunk can come (stream_keys.py)."""
+        instance_id = options.pop("instance_id", None) or uuid.uuid4().hex
+        options = {**options, "instance_id": instance_id, "include_complete_message": True}
+        topic = agent._infra.stream_topic_name(instance_id)
+        async for chunk in self._stream_keys.deleted_after(
+            super().run_stream(agent, payload, **options), instance_id, topic
+        ):
+            yield chunk
 
     def shutdown(self, agent: DurableAgent | None = None) -> None:
         super().shutdown(agent)

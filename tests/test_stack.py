@@ -40,6 +40,7 @@ def test_a_sidecar_loads_every_resource_and_connects_to_placement_and_scheduler(
             ("agent-registry", "state.redis"),
             ("agent-pubsub", "pubsub.redis"),
             ("agent-stream", "pubsub.redis"),
+            ("agent-stream-keys", "bindings.redis"),
             ("llm-provider", "conversation.openai"),
         }
         assert metadata["actorRuntime"]["runtimeStatus"] == "RUNNING"
