@@ -55,6 +55,7 @@ from tests.conftest import (  # noqa: E402
     wait_for_outcome,
 )
 from tests.llm_server import LLMServer  # noqa: E402
+from tests.test_retention import shortened  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000, 2.0, (1, 16, 64, 256))
 SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10, 0.2, (1, 4))
 
 
+RETENTION_S = 20  # "After retention": every retention and TTL shortened to this, to see what is left
 ONE_SHOT_PHASES = ("sidecar ready", "agent ready", "first LLM request", "exit")
 
 
@@ -409,6 +411,37 @@ def status_read_cpu(processes: dict[str, int], reads: int) -> dict[str, float]:
     return {name: (cpu_seconds(pid) - before[name]) * 1000 / reads for name, pid in processes.items()}
 
 
+@dataclass(frozen=True)
+class AfterRetention:
+    """What runs leave once every retention and TTL has passed, shortened to `seconds` for the bench."""
+
+    seconds: int
+    runs: int
+    written: dict[str, tuple[float, float]]  # keys and bytes per run, by what, right after the runs
+    left: dict[str, tuple[float, float]]  # the same once the retention and TTLs have passed
+    waited_s: float
+
+
+def after_retention(env: dict[str, str], plan: Plan, work: Path) -> AfterRetention:
+    (work / "retention").mkdir()
+    config, resources = shortened(work / "retention", RETENTION_S)
+    command = SERVICE.replace("./resources", str(resources)).replace("dapr run", f"dapr run --config {config}", 1)
+    service = DaprRun(command, env, "bench-retention")
+    runs = max(10, plan.storage_runs // 10)
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        instance_ids = [timed_run()[0] for _ in range(runs)]
+        written = stored_per_run(instance_ids)
+        started = time.monotonic()
+        left = written
+        while any(keys for keys, _ in left.values()) and time.monotonic() - started < 10 * RETENTION_S:
+            time.sleep(2)
+            left = stored_per_run(instance_ids)
+        return AfterRetention(RETENTION_S, runs, written, left, time.monotonic() - started)
+    finally:
+        service.stop()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -504,6 +537,7 @@ def main() -> None:
         for name, change in VARIANTS.items():
             side_by_side[name] = measure_variant(change, env, llm, plan, Path(work))
         summarizing, summarizing_split = measure_summarizing(env, llm, plan, Path(work))
+        retention = after_retention(env, plan, Path(work))
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
     imports = [import_seconds() for _ in range(plan.one_shots)]
     llm.stop()
@@ -526,7 +560,12 @@ def main() -> None:
         {"before: summarizing each run for memory": summarizing, "after: this repository": one_call},
         summarizing_split,
         model,
+        retention,
     )
+
+
+def left_of(stored: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{name} {keys:.1f} keys, {size:.0f} bytes" for name, (keys, size) in stored.items())
 
 
 def write_results(
@@ -548,6 +587,7 @@ def write_results(
     before_after: dict[str, dict[float, PerTask]],
     summarizing_split: dict[str, float],
     model: dict[str, list[Level]],
+    retention: AfterRetention,
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -772,6 +812,10 @@ Redis grows by {bytes_per_run / 1024:.1f} KiB and {keys_per_run:.1f} keys per co
 So a day after it completes a run still holds {stored["agent entries"][1] / 1024:.1f} KiB, its entry, and a week after
 its last step nothing: the entry's store sets a TTL on every write, while the workflow state's store has none
 (it would expire a waiting run's steps) and is purged by the retention policy.
+
+After retention, measured: the same service with every retention and TTL shortened to {retention.seconds} s,
+{retention.runs} runs. Right after them, per run: {left_of(retention.written)}. Once those {retention.seconds} s
+had passed (checked every 2 s, {retention.waited_s:.0f} s after the last run): {left_of(retention.left)}.
 
 ![latency and phases](latency.png)
 """

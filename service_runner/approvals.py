@@ -13,6 +13,8 @@ them, and the routes read nothing else:
 
 Dapr sends the decision to whichever replica hosts the run. A route answers 409 to a decision on an
 approval that timed out or whose run has ended, and lists only approvals a decision can still change.
+Each key ends with the store's TTL (resources/agent-approvals.yaml), a week after its last write: a
+second decision within a week answers 409, and an approval may wait up to a week.
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ from fastapi import HTTPException, Request
 
 STORE = "agent-approvals"
 ENDED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
-# How long a decision is remembered, so that a second one answers 409 rather than 404, and how long an
-# approval is kept past its timeout: as long as Dapr keeps a failed run (config/dapr-config.yaml).
-KEPT_SECONDS = 7 * 24 * 3600
 # Replicas changing the index at once: each tries again with the index as the others left it.
 INDEX_TRIES = 50
 
@@ -119,14 +118,8 @@ class Approvals:
         return state is not None and state.runtime_status not in ENDED
 
     def _store(self, approval: dict[str, Any]) -> None:
-        timeout = approval.get("timeout_seconds")
-        self.dapr.save_state(
-            STORE,
-            f"{self._prefix}:approval:{approval['approval_request_id']}",
-            json.dumps(approval),
-            # No timeout, no end but the decision's: the run waits for it as long as it takes.
-            state_metadata={"ttlInSeconds": str(timeout + KEPT_SECONDS if timeout is not None else -1)},
-        )
+        key = f"{self._prefix}:approval:{approval['approval_request_id']}"
+        self.dapr.save_state(STORE, key, json.dumps(approval))
         # Those timed out leave the index here too, so that it stays bounded if no one lists it.
         self._change_index(lambda waiting: [*self._not_timed_out(waiting), approval["approval_request_id"]])
 
@@ -182,7 +175,6 @@ class Approvals:
                 f"{self._prefix}:approval_decision:{approval_request_id}",
                 json.dumps(decision),
                 options=StateOptions(concurrency=Concurrency.first_write),
-                state_metadata={"ttlInSeconds": str(KEPT_SECONDS)},
             )
         except grpc.RpcError:
             if self._decision_made(approval_request_id) is None:

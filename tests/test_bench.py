@@ -16,7 +16,7 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
         env=dapr_env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
     )
 
     assert bench.returncode == 0, bench.stdout + bench.stderr
@@ -37,6 +37,9 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     agent_entries = re.search(r"\| the run's conversation \(agent entry\) \| ([\d.]+) \| ([\d.]+) \|", results)
     assert workflow_state and float(workflow_state[1]) >= 10 and float(workflow_state[2]) > 0, results
     assert agent_entries and float(agent_entries[1]) == 1 and float(agent_entries[2]) > 0, results
+    # Once the shortened retention and TTLs have passed, the runs have left nothing.
+    after = re.search(r"Once those \d+ s\nhad passed \(checked every 2 s, \d+ s after the last run\): (.*)\.", results)
+    assert after and after[1] == "workflow state 0.0 keys, 0 bytes, agent entries 0.0 keys, 0 bytes", results
     # One LLM call and four activities per task; five and two with the agent summarizing for memory.
     assert re.search(r"\| before: summarizing each run for memory \| 2\.0 \| 5 \| \d+ \| [\d.]+ \|", results), results
     assert re.search(r"\| after: this repository \| 1\.0 \| 4 \| \d+ \| [\d.]+ \|", results), results

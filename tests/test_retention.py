@@ -1,9 +1,11 @@
 """Retention: a completed run's workflow state is purged after the time config/dapr-config.yaml sets,
 its entry expires after the TTL resources/agent-workflow.yaml sets, and a topic keeps its messages for
-the time resources/agent-pubsub.yaml sets."""
+the time resources/agent-pubsub.yaml sets; once those have passed, runs of every kind leave nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
 import shutil
 import subprocess
@@ -20,13 +22,17 @@ from tests.conftest import (
     SERVICE_URL,
     TASK,
     DaprRun,
+    instance_with_task,
     page_command,
     post_run,
+    post_with_key,
+    publish,
     redis_cli,
     wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer
+from tests.test_approval_replicas import SECOND, SECOND_REPLICA, decide, waiting_on
 
 WORKFLOW_LIST = page_command("dapr workflow list")
 
@@ -108,3 +114,83 @@ def test_a_topic_keeps_its_messages_for_the_stream_ttl_its_component_sets(
     finally:
         sidecar.stop()
         redis_cli("del", topic)
+
+
+def shortened(tmp_path: Path, seconds: int) -> tuple[Path, Path]:
+    """The shipped configuration and resources, every retention and TTL shortened to `seconds`."""
+    config = yaml.safe_load((ROOT / "config" / "dapr-config.yaml").read_text())
+    retention = config["spec"]["workflow"]["stateRetentionPolicy"]
+    for status in retention:
+        retention[status] = f"{seconds}s"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    resources = tmp_path / "resources"
+    shutil.copytree(ROOT / "resources", resources)
+    for name in ("agent-workflow", "agent-approvals"):
+        component = yaml.safe_load((resources / f"{name}.yaml").read_text())
+        (ttl,) = [m for m in component["spec"]["metadata"] if m["name"] == "ttlInSeconds"]
+        ttl["value"] = str(seconds)
+        (resources / f"{name}.yaml").write_text(yaml.safe_dump(component))
+    return tmp_path / "config.yaml", resources
+
+
+def apps_keys() -> set[str]:
+    """Every key in Redis that the two agents' apps own (Dapr prefixes their state with the app id)."""
+    keys = redis_cli("--scan", "--pattern", "durable-agent-*").split()
+    return {key for key in keys if key.startswith(("durable-agent-service||", "durable-agent-tool||"))}
+
+
+def stream_keys() -> set[str]:
+    return set(redis_cli("--scan", "--pattern", "agents.stream.*").split())
+
+
+def test_runs_of_every_kind_leave_only_what_a_fresh_agent_holds_once_retention_has_passed(
+    llm: LLMServer, dapr_env: dict[str, str], tmp_path: Path, outbox: Path
+) -> None:
+    config, resources = shortened(tmp_path, 20)
+
+    def with_test_settings(command: str) -> str:
+        return command.replace("./resources", str(resources)).replace("dapr run", f"dapr run --config {config}", 1)
+
+    service = DaprRun(with_test_settings(SERVICE), dapr_env, "bound-service")
+    tool = DaprRun(with_test_settings(SECOND_REPLICA), {**dapr_env, "APPROVAL_TIMEOUT_SECONDS": "600"}, "bound-tool")
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        tool.wait_until_ready(SECOND)
+        fresh, fresh_streams = apps_keys(), stream_keys()
+        batch = uuid.uuid4().hex[:8]
+        posted = post_run(f"{TASK} ({batch}, posted)")["instance_id"]
+        with requests.post(f"{SERVICE_URL}/run/stream", json={"task": f"{TASK} ({batch}, streamed)"}, stream=True) as s:
+            streamed = json.loads(next(s.iter_lines()))["workflow_instance_id"]
+            list(s.iter_lines())
+        assert publish(f"{TASK} ({batch}, published)", dapr_env).returncode == 0
+        keyed = post_with_key(f"{TASK} ({batch}, keyed)", f"key-{batch}").json()["instance_id"]
+        purged = post_run(f"{TASK} ({batch}, purged)")["instance_id"]
+        assert wait_for_outcome(f"/agent/instances/{purged}")["runtime_status"] == "COMPLETED"
+        assert requests.post(f"{SERVICE_URL}/agent/instances/{purged}/purge", timeout=30).status_code == 200
+        approved = post_run(f"Write a haiku and publish it ({batch}).", SECOND)["instance_id"]
+        (approval,) = waiting_on(SECOND, [approved])
+        assert decide(SECOND, approval).status_code == 200
+        published = wait_for(lambda: instance_with_task(f"({batch}, published)"), 30, "the published task's run")
+        runs = {
+            posted: SERVICE_URL,
+            streamed: SERVICE_URL,
+            published: SERVICE_URL,
+            keyed: SERVICE_URL,
+            approved: SECOND,
+        }
+        for instance_id, url in runs.items():
+            assert wait_for_outcome(f"/agent/instances/{instance_id}", service_url=url)["runtime_status"] == "COMPLETED"
+        written = apps_keys() - fresh
+        assert len(written) >= 50, f"the six runs wrote only {len(written)} keys: the story proves nothing"
+
+        def left() -> set[str] | None:
+            remaining = (apps_keys() - fresh) | (stream_keys() - fresh_streams)
+            return remaining or None
+
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not left(), 120, "every key the runs wrote to end")
+        print(f"\nsix kinds of run wrote {len(written)} keys; after retention and TTLs left: {sorted(left() or [])}")
+        assert not left()
+    finally:
+        service.stop()
+        tool.stop()
