@@ -31,7 +31,7 @@ from tests.conftest import page_command, page_commands, wait_for
 NAMESPACE = "durable-agent"
 APP_ID = "durable-agent-service"
 TOOL_APP_ID = "durable-agent-tool"
-# Each agent's Service and pod label (deploy/agent.yaml, deploy/tool-agent/tool-agent.yaml).
+# Each agent's Service and pod label (deploy/agent.yaml, deploy/tool-agent.yaml).
 DEPLOYMENT_OF = {APP_ID: "durable-agent", TOOL_APP_ID: "durable-agent-tool"}
 OVERLAY = ROOT / "k8s" / "tests" / "overlay"
 AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"

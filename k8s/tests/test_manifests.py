@@ -54,7 +54,7 @@ def by_name(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_every_manifest_passes_the_api_servers_schemas(namespace: str) -> None:
-    documents = rendered(DEPLOY / "tool-agent", namespace) + rendered(DEPLOY / "stand-ins", namespace)
+    documents = rendered(DEPLOY, namespace) + rendered(DEPLOY / "stand-ins", namespace)
     kinds = sorted({d["kind"] for d in documents})
 
     checked = dry_run(*documents)
@@ -65,7 +65,7 @@ def test_every_manifest_passes_the_api_servers_schemas(namespace: str) -> None:
 
 
 def test_a_misspelt_field_in_any_manifest_fails_the_check(namespace: str) -> None:
-    documents = rendered(DEPLOY / "tool-agent", namespace) + rendered(DEPLOY / "stand-ins", namespace)
+    documents = rendered(DEPLOY, namespace) + rendered(DEPLOY / "stand-ins", namespace)
 
     for document in documents:
         misspelt, field = with_a_typo(document)
@@ -106,7 +106,7 @@ def test_the_clusters_resiliency_and_configuration_are_the_local_ones() -> None:
     assert cluster_config["spec"] == local_config["spec"]
 
 
-@pytest.mark.parametrize(("manifest", "app_id"), [("agent.yaml", APP_ID), ("tool-agent/tool-agent.yaml", TOOL_APP_ID)])
+@pytest.mark.parametrize(("manifest", "app_id"), [("agent.yaml", APP_ID), ("tool-agent.yaml", TOOL_APP_ID)])
 def test_each_deployment_has_probes_limits_a_non_root_user_and_time_for_a_step(manifest: str, app_id: str) -> None:
     (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / manifest).read_text()) if d["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
