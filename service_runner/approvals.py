@@ -158,7 +158,8 @@ class Approvals:
                 )
                 return
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.ABORTED:  # not an etag that another change made stale
+                # A stale etag answers ABORTED; a first index that another replica wrote first, INTERNAL.
+                if error.code() != grpc.StatusCode.ABORTED and (etag or not self._index()[1]):
                     raise
             time.sleep(random.uniform(0.005, 0.05))
         raise RuntimeError(f"the approval index changed under {INDEX_TRIES} tries in a row")

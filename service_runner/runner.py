@@ -59,14 +59,14 @@ class ServiceRunner(AgentRunner):
         agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
         name_tool_calls(agent)
         self._dapr.hand_to(agent)
-        approvals = Approvals(agent, self._workflows, self._dapr())
-        if agent.tools:
+        approvals = Approvals(agent, self._workflows, self._dapr()) if agent.tools else None
+        if approvals:
             approvals.record_requests()
         agent.start(runtime=self._runtime)  # before the base starts it with the SDK's 6-thread worker
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
         if "ask_user" not in agent.execution.builtin_tools:  # answers to the agent's questions: none asked
             _remove_routes(app, lambda path: path == "/run/input")
-        if agent.tools:
+        if approvals:
             _replace_route(app, "/hitl/approvals", approvals.waiting, method="GET")
             _replace_route(app, APPROVAL_PATH, approvals.decide)
         else:  # approvals of tool calls: none to give

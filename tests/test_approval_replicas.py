@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import DaprRun, calls_for, page_command, post_run, wait_for, wait_for_outcome
+from tests.conftest import DaprRun, calls_for, page_command, post_run, redis_cli, wait_for, wait_for_outcome
 from tests.llm_server import LLMServer
 from tests.test_tool_approval import NO_TIMEOUT_S, TOOL_SERVICE, assert_published_once_and_answered, published
 
@@ -101,6 +101,7 @@ def test_16_runs_wait_at_once_on_two_replicas_and_are_decided_half_on_each(
     llm: LLMServer, two_replicas: Callable[[], tuple[DaprRun, DaprRun]], outbox: Path
 ) -> None:
     first, _ = two_replicas()
+    redis_cli("del", "durable-agent-tool||publisher:approvals_waiting")  # so that both replicas write the first index
     asked = tasks("halves", 16)
     llm.state.gather(16, within_s=50)  # the first LLM call of every run is answered only when all 16 wait
     replicas = [FIRST, SECOND] * 8
