@@ -82,7 +82,10 @@ class Agent:
         return sum(1 for r in self.llm("GET", "/requests") if task in r["asked"])
 
     def status(self, instance_id: str, app_id: str = APP_ID) -> dict[str, Any] | None:
-        answer = self.call("GET", f"/agent/instances/{instance_id}", app_id=app_id)
+        try:
+            answer = self.call("GET", f"/agent/instances/{instance_id}", app_id=app_id)
+        except requests.ConnectionError:  # the Service led to a pod just deleted: ask again
+            return None
         return answer.json() if answer.status_code == 200 else None
 
     def outcome(self, instance_id: str, timeout: float = 120, app_id: str = APP_ID) -> dict[str, Any]:

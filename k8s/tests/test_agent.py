@@ -208,8 +208,18 @@ def waiting_approvals(agent: Agent, instance_ids: list[str]) -> list[dict[str, A
 
 
 def approve(agent: Agent, approval: dict[str, Any]) -> requests.Response:
+    """The decision through the Service, sent again if it reached no pod: the retry a caller makes when
+    the Service still led to a pod just deleted (refused, so nothing was decided)."""
     path = f"/hitl/approvals/{approval['approval_request_id']}/respond"
-    return agent.call("POST", path, app_id=TOOL_APP_ID, json={"approved": True})
+
+    def sent() -> tuple[requests.Response] | None:  # a tuple: a Response is falsy unless it is a 2xx
+        try:
+            return (agent.call("POST", path, app_id=TOOL_APP_ID, json={"approved": True}),)
+        except requests.ConnectionError:
+            return None
+
+    (answer,) = wait_for(sent, 60, f"the decision on {approval['approval_request_id']} to reach a pod", interval=1)
+    return answer
 
 
 def tool_runs(agent: Agent, instance_id: str) -> int:
