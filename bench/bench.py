@@ -163,7 +163,7 @@ def stored_per_run(instance_ids: list[str]) -> dict[str, tuple[float, float]]:
 class RunEnds:
     """Waits for runs to end through the sidecar's workflow API, as a caller holding a connection
     would. Polling the status URL costs the agent and its sidecar CPU of their own, measured apart
-    (`status_read_cpu`): at 32 runs in flight, 10 ms polls alone would take more than 2 cores."""
+    (`status_read_cpu`): at 32 runs in flight, 50 ms polls alone would take more than 2 cores."""
 
     def __init__(self, service: DaprRun) -> None:
         self._client = DaprWorkflowClient(host="127.0.0.1", port=str(service.sidecar["grpcPort"]))
