@@ -78,6 +78,17 @@ def outcomes(replica: str, instance_ids: list[str]) -> list[dict[str, Any]]:
         return list(ended)
 
 
+def assert_approved_runs_completed(
+    llm: LLMServer, service: DaprRun, replica: str, asked: list[str], instance_ids: list[str], answers: list[Any]
+) -> None:
+    """Every approval taken (200), and each run completed, its tool run once, in two LLM calls."""
+    assert [answer.status_code for answer in answers] == [200] * len(answers), [answer.text for answer in answers]
+    for instance_id, outcome in zip(instance_ids, outcomes(replica, instance_ids), strict=True):
+        assert_published_once_and_answered(service, instance_id, outcome)
+        assert published(instance_id) == 1
+    assert [calls_for(llm, task) for task in asked] == [2] * len(asked)
+
+
 def test_approvals_asked_for_through_one_replica_are_listed_and_approved_through_the_other(
     llm: LLMServer, two_replicas: Callable[[], tuple[DaprRun, DaprRun]], outbox: Path
 ) -> None:
@@ -89,11 +100,7 @@ def test_approvals_asked_for_through_one_replica_are_listed_and_approved_through
     assert approvals == waiting_on(FIRST, instance_ids)  # the same list on both
     answers = [decide(SECOND, approval) for approval in approvals]
 
-    assert [answer.status_code for answer in answers] == [200] * 4, [answer.text for answer in answers]
-    for instance_id, outcome in zip(instance_ids, outcomes(FIRST, instance_ids), strict=True):
-        assert_published_once_and_answered(first, instance_id, outcome)
-        assert published(instance_id) == 1
-    assert [calls_for(llm, task) for task in asked] == [2] * 4
+    assert_approved_runs_completed(llm, first, FIRST, asked, instance_ids, answers)
     assert not (listed_runs(FIRST) | listed_runs(SECOND)) & set(instance_ids)
 
 
@@ -115,11 +122,7 @@ def test_16_runs_wait_at_once_on_two_replicas_and_are_decided_half_on_each(
         answers = list(pool.map(decide, [SECOND, FIRST] * 8, approvals))
 
     assert llm.state.most_in_flight >= 16, f"the LLM saw at most {llm.state.most_in_flight} calls at once"
-    assert [answer.status_code for answer in answers] == [200] * 16, [answer.text for answer in answers]
-    for instance_id, outcome in zip(instance_ids, outcomes(SECOND, instance_ids), strict=True):
-        assert_published_once_and_answered(first, instance_id, outcome)
-        assert published(instance_id) == 1
-    assert [calls_for(llm, task) for task in asked] == [2] * 16
+    assert_approved_runs_completed(llm, first, SECOND, asked, instance_ids, answers)
 
 
 def test_a_replica_killed_while_approvals_wait_leaves_them_all_to_the_other(
@@ -137,11 +140,7 @@ def test_a_replica_killed_while_approvals_wait_leaves_them_all_to_the_other(
 
     assert waiting_on(SECOND, instance_ids) == approvals
     answers = [decide(SECOND, approval) for approval in approvals]
-    assert [answer.status_code for answer in answers] == [200] * 8, [answer.text for answer in answers]
-    for instance_id, outcome in zip(instance_ids, outcomes(SECOND, instance_ids), strict=True):
-        assert_published_once_and_answered(second, instance_id, outcome)
-        assert published(instance_id) == 1
-    assert [calls_for(llm, task) for task in asked] == [2] * 8
+    assert_approved_runs_completed(llm, second, SECOND, asked, instance_ids, answers)
 
 
 def test_two_decisions_at_once_on_two_replicas_one_is_taken_the_other_gets_409(
