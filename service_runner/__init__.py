@@ -4,6 +4,7 @@
 - http_door: the checks in front of every HTTP route;
 - topic_door: the check on the agent's topic, and its dead-letter topic;
 - once_only: at most one run per Idempotency-Key, and per published message;
+- schedules: tasks run on a schedule, kept as jobs in Dapr's scheduler, one run per tick;
 - steady_reads: reads of a run's state that ride over the instant its next step is written;
 - thread_pools: the pools a run in flight holds a thread of, sized so the sidecar's bound is the only one;
 - dapr_client: one Dapr client for the process, handed to dapr-agents;

@@ -1,8 +1,8 @@
 """The HTTP door: an ASGI middleware that checks what every route of the agent is sent.
 
-Each route that starts or touches a run, or decides an approval, gets the same rules and the same
-clear 4xx before dapr-agents sees the request; anything else it passes on (FastAPI answers 404 or 405
-itself).
+Each route that starts or touches a run, decides an approval, or brings a schedule's tick gets the
+same rules and the same clear 4xx before dapr-agents sees the request; anything else it passes on
+(FastAPI answers 404 or 405 itself).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ INSTANCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 APPROVAL_PATH = "/hitl/approvals/{approval_request_id}/respond"
 APPROVAL_ROUTE = re.compile(r"/hitl/approvals/(?P<approval_id>[^/]*)/respond")
 APPROVAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Where Dapr's scheduler sends a job's tick (schedules.py); a job's name is an instance id's letters.
+JOB_PATH = "/job/{name}"
+JOB_ROUTE = re.compile(r"/job/(?P<name>[^/]*)")
 # A decision is a yes or no and a short reason; nothing longer needs to reach the workflow's history.
 MAX_DECISION_BYTES = 16 * 1024
 MAX_REASON_CHARS = 1000
@@ -69,6 +72,10 @@ class HttpDoor:
             if not APPROVAL_ID.fullmatch(approval_route["approval_id"]):
                 raise BadTaskError(404, "no approval has that id (an id is a UUID, as GET /hitl/approvals lists it)")
             return _replay(await _read_decision(headers, receive), receive)
+        if (job_route := JOB_ROUTE.fullmatch(path)) and method == "POST":
+            if not INSTANCE_ID.fullmatch(job_route["name"]):
+                raise BadTaskError(404, "no schedule has that name (a name is letters, digits, - and _)")
+            return _replay(await _read_json(headers, receive, "the job's data"), receive)
         run_route = RUN_ROUTE.fullmatch(path)
         if run_route is None:
             return receive
@@ -95,10 +102,16 @@ async def _read_task(headers: dict[bytes, bytes], receive: Receive) -> bytes:
     return body
 
 
-async def _read_decision(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+async def _read_json(headers: dict[bytes, bytes], receive: Receive, what: str, limit: int = MAX_BODY_BYTES) -> bytes:
     if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
-        raise BadTaskError(415, "send the decision as JSON, with Content-Type: application/json")
-    body = await _read_body(headers, receive, MAX_DECISION_BYTES)
+        raise BadTaskError(415, f"send {what} as JSON, with Content-Type: application/json")
+    body = await _read_body(headers, receive, limit)
+    parse_json(body)
+    return body
+
+
+async def _read_decision(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    body = await _read_json(headers, receive, "the decision", MAX_DECISION_BYTES)
     decision = parse_json(body)
     shape = '{"approved": true or false, "reason": "..." (optional)}'
     if not isinstance(decision, dict) or not isinstance(decision.get("approved"), bool):

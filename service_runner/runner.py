@@ -25,8 +25,9 @@ from fastapi.routing import APIRoute
 import service_runner.subscription_fix  # noqa: F401  (applied on import)
 from service_runner.approvals import Approvals
 from service_runner.dapr_client import SharedDaprClient
-from service_runner.http_door import APPROVAL_PATH, HttpDoor
+from service_runner.http_door import APPROVAL_PATH, JOB_PATH, HttpDoor
 from service_runner.once_only import OncePerMessageClient, run_id
+from service_runner.schedules import ScheduleFileError, Schedules
 from service_runner.stream_keys import StreamKeys
 from service_runner.thread_pools import event_loop_executor, workflow_runtime
 from service_runner.tool_calls import name_tool_calls
@@ -72,6 +73,7 @@ class ServiceRunner(AgentRunner):
         else:  # approvals of tool calls: none to give
             _remove_routes(app, lambda path: path.startswith("/hitl/"))
         _replace_route(app, "/run", self._start_run(agent))
+        self._serve_schedules(agent, app)
         _replace_route(app, f"{STATUS_PATH}/terminate", self._terminate())
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves")
@@ -115,6 +117,23 @@ class ServiceRunner(AgentRunner):
             else spec
             for spec in super()._build_pubsub_specs(agent, config)
         ]
+
+    def _serve_schedules(self, agent: DurableAgent, app: FastAPI) -> None:
+        """Keep the AGENT_SCHEDULES file's schedules in Dapr's scheduler, and serve their ticks."""
+        try:
+            schedules = Schedules.from_env(self._dapr)
+        except ScheduleFileError as error:
+            raise SystemExit(f"AGENT_SCHEDULES: {error}") from None
+        schedules.keep_in_scheduler()
+
+        async def start(task: str, instance_id: str) -> tuple[str, bool]:
+            return await self._start_once(agent, {"task": task}, instance_id)
+
+        async def read(instance_id: str) -> Any:
+            return await asyncio.to_thread(self._workflows.get_workflow_state, instance_id, fetch_payloads=False)
+
+        app.add_api_route(JOB_PATH, schedules.tick_route(start), methods=["POST"], summary="A tick of a schedule")
+        app.add_api_route("/schedules", schedules.list_route(read), methods=["GET"], summary="Schedules and their runs")
 
     def _start_run(self, agent: DurableAgent) -> Callable[..., Any]:
         async def start_run(request: Request) -> JSONResponse:
