@@ -12,12 +12,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
 import requests
+import yaml
 
-from k8s.tests.agent import NAMESPACE, TOOL_APP_ID, Agent, deploy, key_digest, logs_of_namespace
+from k8s.tests.agent import NAMESPACE, OVERLAY, TOOL_APP_ID, Agent, deploy, key_digest, logs_of_namespace
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
 from tests.conftest import answer_of, page_command, port_open, trace_of_run, wait_for
@@ -28,6 +30,9 @@ PORT_FORWARD = page_command("kubectl port-forward")
 READ_TOKEN = page_command('TOKEN="$(kubectl get secret')
 INVOKE = page_command("curl -X POST http://localhost:3500", 'token: $TOKEN"')
 TASK = "Write a haiku about programming."
+# The overlay's one schedule (k8s/tests/overlay/schedules.yaml), ticking from the deploy on.
+(SCHEDULE,) = yaml.safe_load((OVERLAY / "schedules.yaml").read_text())["schedules"]
+SCHEDULE_PERIOD_S = int(SCHEDULE["schedule"].removeprefix("@every ").removesuffix("s"))
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,56 @@ def test_a_run_whose_pod_is_force_deleted_during_its_llm_call_completes_once_on_
     # The interrupted call is made again by the new pod, once: the only step run twice.
     assert agent.llm_calls_for(task) == 2
     print(f"\nforce-deleted pod's run completed on the new pod {time.monotonic() - started:.0f}s later")
+
+
+def scheduled_runs(agent: Agent) -> list[dict[str, Any]]:
+    """The runs GET /schedules lists for the overlay's schedule (its last 10 ticks), oldest first."""
+    answer = agent.call("GET", "/schedules")
+    assert answer.status_code == 200, answer.text
+    (schedule,) = [s for s in answer.json() if s["name"] == SCHEDULE["name"]]
+    return schedule["runs"][::-1]
+
+
+def tick_of(run: dict[str, Any]) -> float:
+    return datetime.fromisoformat(run["tick"]).timestamp()
+
+
+def test_with_two_replicas_each_tick_of_the_schedule_runs_once(agent: Agent) -> None:
+    kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=2")
+    try:
+        pods = agent.wait_ready(2)
+
+        def between_ticks() -> tuple[float, int] | None:
+            """The latest tick and the schedule's LLM calls so far, once that tick's run has ended."""
+            runs = scheduled_runs(agent)
+            ended = runs and runs[-1]["runtime_status"] == "COMPLETED"
+            if ended and time.time() - tick_of(runs[-1]) < SCHEDULE_PERIOD_S - 2:
+                return tick_of(runs[-1]), agent.llm_calls_for(SCHEDULE["task"])
+            return None
+
+        since, calls_before = wait_for(between_ticks, 60, "a run of the schedule to end between two ticks", 0.5)
+
+        def six_more() -> list[dict[str, Any]] | None:
+            runs = [r for r in scheduled_runs(agent) if tick_of(r) > since]
+            return runs if len(runs) >= 6 and all(r["runtime_status"] == "COMPLETED" for r in runs) else None
+
+        wait_for(six_more, 90, f"six more ticks of {SCHEDULE['name']} to run on two replicas", 1)
+        # The schedule ends here, so that no tick is counted in a later story: its job goes.
+        pod_ip = kubectl_json("get", "pod", pods[0], "-n", NAMESPACE)["status"]["podIP"]
+        job = f"http://{pod_ip}:3500/v1.0/jobs/{SCHEDULE['name']}"
+        deleted = requests.delete(job, headers={"dapr-api-token": agent.api_token}, timeout=10)
+        assert deleted.status_code in (200, 204), deleted.text
+        time.sleep(3)  # a tick already sent ends its start
+        runs = [r for r in scheduled_runs(agent) if tick_of(r) > since]
+    finally:
+        kubectl("scale", "deployment", "durable-agent", "-n", NAMESPACE, "--replicas=1")
+
+    ticks = [tick_of(r) for r in runs]
+    calls = agent.llm_calls_for(SCHEDULE["task"]) - calls_before
+    print(f"\n2 replicas, {SCHEDULE['schedule']}: {len(runs)} ticks after {since:.0f}, {calls} LLM calls")
+    assert ticks == [since + SCHEDULE_PERIOD_S * (n + 1) for n in range(len(runs))], "a tick was missed"
+    assert all(answer_of(agent.outcome(r["instance_id"])) == HAIKU for r in runs)
+    assert calls == len(runs)  # one run per tick, one LLM call per run
 
 
 def test_with_two_replicas_fifty_runs_at_once_complete_once_when_one_pod_is_killed(agent: Agent) -> None:

@@ -22,7 +22,10 @@ APP_ID = "durable-agent-service"
 TOOL_APP_ID = "durable-agent-tool"
 # What the cluster's copy reads from a Secret where the local one has a literal or an environment
 # variable; locally Redis has no password.
-KINDS = ["Component", "Configuration", "Deployment", "Resiliency", "Service", "ServiceAccount", "StatefulSet"]
+KINDS = [
+    *("Component", "ConfigMap", "Configuration", "Deployment"),
+    *("Resiliency", "Service", "ServiceAccount", "StatefulSet"),
+]
 FROM_SECRETS = {"redisHost": ("redis", "host"), "redisPassword": ("redis", "password"), "key": ("openai", "api-key")}
 
 
@@ -42,6 +45,9 @@ def dry_run(*documents: dict[str, Any]) -> Any:
 def with_a_typo(document: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """`document` with the first field of its spec (or metadata) misspelt, and that field's path."""
     misspelt = copy.deepcopy(document)
+    if "data" in misspelt:  # a ConfigMap: its data is a map of any keys, the field that holds it is not
+        misspelt["datax"] = misspelt.pop("data")
+        return misspelt, "datax"
     section = "spec" if "spec" in misspelt else "metadata"
     field = next(k for k in misspelt[section] if k not in ("name", "namespace"))
     misspelt[section][f"{field}x"] = misspelt[section].pop(field)
