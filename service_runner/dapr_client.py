@@ -44,6 +44,12 @@ class SharedDaprClient:
         for component in (*stores, *(getattr(s, "_store_cached", None) for s in stores), agent.llm):
             if component is not None and hasattr(component, "client_factory"):
                 component.client_factory = self
+        if hasattr(agent.llm, "get_client"):
+            # Its LLM client also wraps the client in a new DaprInferenceClient on every call, and
+            # with it a new cache of the sidecar's metadata: one GetMetadata per LLM call. Kept, the
+            # wrapper asks once a minute (its cache's TTL).
+            inference = agent.llm.get_client()
+            object.__setattr__(agent.llm, "get_client", lambda: inference)  # past pydantic's field check
 
     def close(self) -> None:
         with self._lock:

@@ -127,7 +127,8 @@ def test_the_agent_builds_no_dapr_client_per_run_and_reads_its_registry_once(
     start_service: Callable[[], DaprRun], llm: LLMServer
 ) -> None:
     """dapr-agents builds a Dapr client for every state operation and LLM call (34 per run, counted
-    here) unless handed one (service_runner/dapr_client.py), and its runner reads the agent registry
+    here) unless handed one (service_runner/dapr_client.py), its LLM client reads the sidecar's
+    metadata on every call unless it is kept, and its runner reads the agent registry
     for every run it starts, on top of the workflow's own read (ServiceRunner.discover_entry). A new
     dapr-agents that builds its clients or finds its workflow some other way shows here."""
     start_service()
@@ -144,4 +145,6 @@ def test_the_agent_builds_no_dapr_client_per_run_and_reads_its_registry_once(
     assert probes == 0, f"{probes} new Dapr clients for 49 runs"
     assert calls["StartInstance"] == calls["ConverseAlpha2"] == 49, calls
     assert calls["GetBulkState"] == 49, f"{calls['GetBulkState']} reads of the registry for 49 runs"
+    # The LLM client's metadata read is cached for a minute: one, or two if the minute ends meanwhile.
+    assert calls["GetMetadata"] <= 2, f"{calls['GetMetadata']} reads of the sidecar's metadata for 49 runs"
     assert calls_for(llm, tasks[1]) == 1

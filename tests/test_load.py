@@ -90,12 +90,19 @@ def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
     assert statuses == {"COMPLETED": 100}, statuses
     assert [json.loads(o["serialized_input"])["task"] for o in outcomes] == tasks
     assert {answer_of(outcome) for outcome in outcomes} == {HAIKU}
-    # None ran twice: each run's conversation holds its task and one answer, and at most the LLM call
-    # interrupted by the kill was repeated.
-    for run in runs:
+    # None ran twice: at most the LLM call interrupted by the kill was made again, and each run's
+    # conversation holds its task and one answer, or, for a run whose call was made again after the
+    # first one's answer was saved, that turn twice (docs/production.md, "Known limits").
+    calls = [calls_for(llm, task) for task in tasks]
+    turns_twice = 0
+    for run, task, made in zip(runs, tasks, calls, strict=True):
         key = f"durable-agent-service||assistant:_workflow_{run['instance_id']}"
-        messages = json.loads(redis_cli("hget", key, "data"))
-        assert [m["role"] for m in messages["messages"]] == ["user", "assistant"], messages
-    calls = collections.Counter(calls_for(llm, task) for task in tasks)
-    assert set(calls) <= {1, 2}, f"tasks by number of LLM calls: {dict(calls)}"
-    print(f"\nreplicas: {statuses}, tasks by LLM calls {dict(calls)}")
+        messages = json.loads(redis_cli("hget", key, "data"))["messages"]
+        turns = len(messages) // 2
+        assert [m["role"] for m in messages] == ["user", "assistant"] * turns and 1 <= turns <= made, messages
+        assert [m["content"] for m in messages[::2]] == [task] * turns, messages
+        turns_twice += turns == 2
+    assert set(calls) <= {1, 2}, f"tasks by number of LLM calls: {collections.Counter(calls)}"
+    print(
+        f"\nreplicas: {statuses}, tasks by LLM calls {dict(collections.Counter(calls))}, turn saved twice {turns_twice}"
+    )
