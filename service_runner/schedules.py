@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import re
@@ -172,7 +171,7 @@ class Schedules:
             if self._job_data(schedule.name) == schedule.data:
                 continue
             self.dapr().schedule_job(schedule.job(), overwrite=True)
-            log.info("Scheduled %s: %s, %s", schedule.name, schedule.schedule, json.dumps(schedule.task))
+            log.warning("Schedule %s is new or changed: its job now ticks %s", schedule.name, schedule.schedule)
 
     def _job_data(self, name: str) -> Any:
         """The data of the job `name` as the scheduler has it; None when there is none."""
@@ -196,9 +195,7 @@ class Schedules:
             if await request.json() != schedule.data:  # JSON, as HttpDoor checked
                 raise HTTPException(422, f"the body is not the data of the job {name!r}")
             tick = schedule.tick_of(arrival)
-            instance_id, replayed = await start_run(schedule.task, schedule.run_id(tick))
-            if not replayed:
-                log.info("Schedule %s, tick %s: run %s", name, tick.isoformat(), instance_id)
+            instance_id, _ = await start_run(schedule.task, schedule.run_id(tick))
             status_url = f"/agent/instances/{instance_id}"
             return {"instance_id": instance_id, "status_url": status_url, "tick": tick.isoformat()}
 
