@@ -22,7 +22,18 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, SERVICE_URL, DaprRun, calls_for, page_command, wait_for, wait_for_outcome
+from tests.conftest import (
+    ROOT,
+    SERVICE_URL,
+    WORKFLOW_SPAN,
+    ZIPKIN,
+    DaprRun,
+    calls_for,
+    page_command,
+    redis_cli,
+    wait_for,
+    wait_for_outcome,
+)
 from tests.llm_server import LLMServer
 
 SCHEDULED = page_command("AGENT_SCHEDULES=schedules.yaml dapr run --app-id durable-agent-service")
@@ -96,6 +107,12 @@ def ticks_seen(run: DaprRun) -> int:
     return sum(int(float(count)) for count in counts)
 
 
+def workflow_traced(instance_id: str) -> bool:
+    query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
+    traces = requests.get(f"{ZIPKIN}/traces", params=query, timeout=5).json()
+    return any(span["name"] == WORKFLOW_SPAN for trace in traces for span in trace)
+
+
 def tick_times(runs: list[dict[str, Any]]) -> list[float]:
     return [datetime.fromisoformat(r["tick"]).timestamp() for r in runs]
 
@@ -123,6 +140,10 @@ def test_each_tick_runs_the_task_once_in_one_llm_call(llm: LLMServer, scheduled:
     print(f"\nticks seen {ticks_seen(service)}, runs {len(runs)}, LLM calls {calls_for(llm, schedule['task'])}")
     listing = requests.get(LIST.split()[1], timeout=30).json()
     assert [s["name"] for s in listing] == [schedule["name"]] and listing[0]["task"] == schedule["task"]
+    # An ordinary run: its entry, with the store's TTL, and its workflow's trace in Zipkin.
+    instance_id = runs[0]["instance_id"]
+    assert 0 < int(redis_cli("ttl", f"durable-agent-service||assistant:_workflow_{instance_id}")) <= 7 * 24 * 3600
+    wait_for(lambda: workflow_traced(instance_id), 30, f"the trace of run {instance_id} in Zipkin", 1)
 
 
 def test_two_replicas_run_each_tick_once_and_miss_none(llm: LLMServer, scheduled: Callable[..., DaprRun]) -> None:
