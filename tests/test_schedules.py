@@ -37,7 +37,8 @@ from tests.conftest import (
 from tests.llm_server import LLMServer
 
 SCHEDULED = page_command("AGENT_SCHEDULES=schedules.yaml dapr run --app-id durable-agent-service")
-SCHEDULES_VARIABLE, SCHEDULED_SERVICE = SCHEDULED.split(" ", 1)
+# The page names its file in front of the command; a story names a file of its own in the environment.
+SCHEDULED_SERVICE = SCHEDULED.removeprefix("AGENT_SCHEDULES=schedules.yaml ")
 LIST = page_command("curl http://localhost:8001/schedules")
 SECOND_REPLICA = page_command("dapr run --app-id durable-agent-service", containing="-p 8002")
 SECOND_URL = "http://localhost:8002"
