@@ -67,10 +67,9 @@ def scheduled(dapr_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...
         return started[-1]
 
     yield start
-    alive = [run for run in started if run.process.poll() is None and run.sidecar]
-    for name in names:
-        for run in alive[:1]:
-            requests.delete(run.sidecar_url(f"/v1.0/jobs/{name}"), timeout=10)
+    alive = next((run for run in started if run.process.poll() is None and run.sidecar), None)
+    for name in names if alive else ():
+        requests.delete(alive.sidecar_url(f"/v1.0/jobs/{name}"), timeout=10)
     for run in started:
         run.stop()
 
