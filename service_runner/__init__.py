@@ -8,6 +8,7 @@
 - steady_reads: reads of a run's state that ride over the instant its next step is written;
 - thread_pools: the pools a run in flight holds a thread of, sized so the sidecar's bound is the only one;
 - dapr_client: one Dapr client for the process, handed to dapr-agents;
+- grpc_spans: spans of the agent's calls to its sidecar, made only when the agent traces;
 - subscription_fix: a fix of the Dapr Python SDK's subscription start;
 - tool_calls: the idempotency key of the tool call a tool is running for.
 """
