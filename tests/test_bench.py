@@ -28,7 +28,8 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert re.search(r"\| overhead ≤ 50 ms p50 per run, 0 ms LLM \| -?\d+ ms \| (yes|no) \|", results), results
     assert re.search(r"\| activity call_llm \| \d+ \|", results)
     assert re.search(r"\| workflow turns between activities \| \d+ \|", results)
-    assert re.search(r"agent \d+ ms, daprd \d+ ms, Redis \d+ ms;\n\d+ ms in all", results), results
+    by_process = r"agent \d+ ms, daprd \d+ ms, scheduler \d+ ms, placement \d+ ms, Redis \d+ ms, Zipkin \d+ ms, kernel"
+    assert re.search(by_process + r" -?\d+ ms;\n\d+ ms in all on the machine", results), results
     assert re.search(
         r"\| untuned: `dapr init` config, no resiliency.yaml \| \d+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|", results
     )
@@ -45,7 +46,8 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert re.search(r"\| after: this repository \| 1\.0 \| 4 \| \d+ \| [\d.]+ \|", results), results
     for service in ("before: the SDK's worker, a Dapr client per call", "after: this repository"):
         for level in (1, 4):
-            row = rf"\| {re.escape(service)} \| {level} \| [\d.]+ \| [\d.]+ / [\d.]+ \| (\d+) \| \d+ / \d+ \| agent \d+"
+            cpu = r"\d+ / \d+ / \d+ / \d+ \| \d+%"
+            row = rf"\| {re.escape(service)} \| {level} \| [\d.]+ \| [\d.]+ / [\d.]+ \| (\d+) \| {cpu} \| agent \d+"
             assert re.search(row, results), (row, results)
     plot = (tmp_path / "latency.png").read_bytes()
     assert plot.startswith(b"\x89PNG") and len(plot) > 20_000
