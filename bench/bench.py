@@ -768,8 +768,9 @@ CPU used per run, over all the 0 ms runs under "Completed runs per second" below
 etcd and Redis sync), not counting this benchmark's own process, its callers and the test LLM
 ({cpu_ms["benchmark"]:.0f} ms). So {os.cpu_count()} cores can complete at most about
 {(os.cpu_count() or 1) * 1000 / cpu_total:.0f} runs/s, whatever the concurrency (fewer here: the benchmark
-uses the same cores). The scheduler's share is the workflow's reminders: Dapr makes one scheduler job to
-start a run and two per activity, each written to etcd and deleted once it fired. Those runs' ends are
+uses the same cores). The scheduler's share is the workflow's reminders: ten jobs a run, one to start it,
+two per activity and one that purges it a day after it completes, each written to etcd and deleted once it
+fired. Those runs' ends are
 awaited through the sidecar's workflow API, not polled. A client that polls pays per read of the status URL:
 {", ".join(f"{name} {ms:.1f} ms" for name, ms in status_read_ms.items())}
 (over {10 * plan.sequential_runs} reads of an ended run), so one poll a second through a 2 s LLM call

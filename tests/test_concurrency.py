@@ -31,6 +31,10 @@ from tests.conftest import (
 from tests.llm_server import LLMServer
 
 METRICS_PORT = int(SERVICE.split("--metrics-port ")[1].split()[0])
+# The local scheduler's (scripts/stack.sh).
+SCHEDULER_METRICS_PORT = int(
+    re.findall(r'/scheduler" .*?--metrics-port (\d+)', (ROOT / "scripts" / "stack.sh").read_text(), re.DOTALL)[0]
+)
 
 
 def run_all(tasks: list[str], posting: int = 64, polling: int = 16) -> collections.Counter[str]:
@@ -148,3 +152,35 @@ def test_the_agent_builds_no_dapr_client_per_run_and_reads_its_registry_once(
     # The LLM client's metadata read is cached for a minute: one, or two if the minute ends meanwhile.
     assert calls["GetMetadata"] <= 2, f"{calls['GetMetadata']} reads of the sidecar's metadata for 49 runs"
     assert calls_for(llm, tasks[1]) == 1
+
+
+def scheduler_jobs() -> collections.Counter[str]:
+    """The jobs Dapr's scheduler has created and fired so far, from its Prometheus metrics."""
+    text = requests.get(f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics", timeout=5).text
+    jobs: collections.Counter[str] = collections.Counter()
+    for what, value in re.findall(r'^dapr_scheduler_jobs_(created|triggered)_total\{type="actor"\} (\S+)$', text, re.M):
+        jobs[what] += int(float(value))
+    return jobs
+
+
+def test_a_run_is_ten_jobs_in_daprs_scheduler_nine_of_them_fired_before_it_ends(
+    start_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    """What the scheduler's share of a run's CPU pays for (docs/production.md): a workflow's reminders,
+    each written to the scheduler's etcd and deleted once fired. One starts the run, two serve each of
+    its four activities (one runs it, one hands its result back), and one purges the run a day after it
+    completes (the retention policy in config/dapr-config.yaml)."""
+    start_service()
+    run_all(["Write a haiku about warming up."])
+    time.sleep(1)  # the warm-up's retention job is made as it ends
+    before = scheduler_jobs()
+    batch = uuid.uuid4().hex[:8]
+
+    statuses = run_all([f"Write haiku number {n} about reminders ({batch})." for n in range(10)], posting=1)
+
+    time.sleep(1)
+    jobs = scheduler_jobs() - before
+    assert statuses == {"COMPLETED": 10}, statuses
+    assert jobs["created"] == 100, jobs
+    # A retention job of an earlier day's run may fire meanwhile too.
+    assert jobs["triggered"] >= 90, jobs
