@@ -36,6 +36,7 @@ LOG_DIR = ROOT / ".run" / "test-logs"
 # The stories run the pages' own commands, so a page that drifts fails the tests.
 ONE_SHOT = page_command("dapr run --app-id durable-agent-minimal")
 SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-p 8001 --log-level warn -- python")
+SCHEDULER_LIST = page_command("dapr scheduler list")
 # The same with dapr-agents' own tracing switched on, through variables given to the app only.
 TRACED_SERVICE = page_command("dapr run --app-id durable-agent-service", containing="-- env OTEL_")
 ACTIVATE = page_command("source .venv/bin/activate")
