@@ -2,8 +2,8 @@
 
 Importing the Dapr workflow SDK wraps every gRPC channel the process opens from then on in
 OpenTelemetry's client interceptor (dapr/ext/workflow/_durabletask/client.py), traced or not. Without
-tracing, each call to the sidecar still builds a span that goes nowhere: 10% of the agent's Python
-time at 0 ms LLM in a py-spy profile. dapr-agents wraps the channels again itself when its tracing is
+tracing, each call to the sidecar still builds a span that goes nowhere: a fifth of the agent's
+Python time at 0 ms LLM in a py-spy profile. dapr-agents wraps the channels again itself when its tracing is
 on (the OTEL_ variables of docs/observability.md), so that a run's calls join its trace.
 """
 
