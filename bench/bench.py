@@ -482,9 +482,9 @@ def kernel_cpu_seconds() -> float:
     seconds = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):  # a thread that ended while this read
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if stat.parent.name == "2" or fields[1] == "2":
-                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            pid = int(stat.parent.name)
+            if pid == 2 or stat.read_text().rsplit(")", 1)[1].split()[1] == "2":  # its parent's pid
+                seconds += cpu_seconds(pid)
     return seconds
 
 

@@ -64,6 +64,18 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def metrics(port: int) -> str:
+    """The Prometheus text a sidecar or a stack process serves on `port`."""
+    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def scheduled_jobs(dapr_env: dict[str, str]) -> str:
+    """What the pages' `dapr scheduler list` prints: the jobs Dapr's scheduler holds."""
+    listed = subprocess.run(shlex.split(SCHEDULER_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
 def strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 

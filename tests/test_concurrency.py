@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import collections
 import re
-import shlex
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
 import yaml
 
 from tests.conftest import (
     ROOT,
-    SCHEDULER_LIST,
     SERVICE,
     SERVICE_URL,
     DaprRun,
     calls_for,
+    metrics,
     peak_rss_mb,
     post_run,
+    scheduled_jobs,
+    wait_for,
     wait_for_outcome,
 )
 from tests.llm_server import LLMServer
@@ -67,16 +66,16 @@ def deployment_memory_limit_mb() -> float:
 def health_probes() -> int:
     """How often the sidecar has been asked `GET /v1.0/healthz/outbound`, from its Prometheus metrics:
     every new Dapr client of the Python SDK asks it once, before its first call."""
-    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
-    counts = re.findall(r"^dapr_http_server_request_count\{([^}]*)\} (\S+)$", text, re.MULTILINE)
+    served = r"^dapr_http_server_request_count\{([^}]*)\} (\S+)$"
+    counts = re.findall(served, metrics(METRICS_PORT), re.MULTILINE)
     return sum(int(float(value)) for labels, value in counts if 'path="/v1.0/healthz/outbound"' in labels)
 
 
 def sidecar_calls() -> collections.Counter[str]:
     """How often the agent has called each gRPC method of its sidecar, from the sidecar's metrics."""
-    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
     calls: collections.Counter[str] = collections.Counter()
-    for labels, value in re.findall(r"^dapr_grpc_io_server_completed_rpcs\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+    rpcs = re.findall(r"^dapr_grpc_io_server_completed_rpcs\{([^}]*)\} (\S+)$", metrics(METRICS_PORT), re.MULTILINE)
+    for labels, value in rpcs:
         calls[re.findall(r'grpc_server_method="[^"]*/([^"/]+)"', labels)[0]] += int(float(value))
     return calls
 
@@ -159,9 +158,9 @@ def test_the_agent_builds_no_dapr_client_per_run_and_reads_its_registry_once(
 
 def scheduler_jobs() -> collections.Counter[str]:
     """The jobs Dapr's scheduler has created and fired so far, from its Prometheus metrics."""
-    text = requests.get(f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics", timeout=5).text
     jobs: collections.Counter[str] = collections.Counter()
-    for what, value in re.findall(r'^dapr_scheduler_jobs_(created|triggered)_total\{type="actor"\} (\S+)$', text, re.M):
+    counters = r'^dapr_scheduler_jobs_(created|triggered)_total\{type="actor"\} (\S+)$'
+    for what, value in re.findall(counters, metrics(SCHEDULER_METRICS_PORT), re.MULTILINE):
         jobs[what] += int(float(value))
     return jobs
 
@@ -174,23 +173,28 @@ def test_a_run_is_ten_jobs_in_daprs_scheduler_and_leaves_one_its_purge_due_in_a_
     its four activities (one runs it, one hands its result back), and one purges the run a day after it
     completes (the retention policy in config/dapr-config.yaml): docs/cost.md lists them."""
     start_service()
-    run_all(["Write a haiku about warming up."])
-    time.sleep(1)  # the warm-up's retention job is made as it ends
+
+    def purges_of(runs: list[dict[str, str]]) -> str | None:
+        """The scheduler's list once it holds each run's purge job, its last job, made as the run ends."""
+        listed = scheduled_jobs(dapr_env)
+        return listed if all(run["instance_id"] in listed for run in runs) else None
+
+    warm_up = post_run("Write a haiku about warming up.")
+    wait_for_outcome(warm_up["status_url"])
+    wait_for(lambda: purges_of([warm_up]), 10, "the warm-up's purge job")
     before = scheduler_jobs()
     batch = uuid.uuid4().hex[:8]
 
     runs = [post_run(f"Write haiku number {n} about reminders ({batch}).") for n in range(10)]
     statuses = collections.Counter(wait_for_outcome(run["status_url"])["runtime_status"] for run in runs)
 
-    time.sleep(1)
+    listed = wait_for(lambda: purges_of(runs), 10, "each run's purge job")
     jobs = scheduler_jobs() - before
     assert statuses == {"COMPLETED": 10}, statuses
     assert jobs["created"] == 100, jobs
     # A retention job of an earlier day's run may fire meanwhile too.
     assert jobs["triggered"] >= 90, jobs
-    listed = subprocess.run(shlex.split(SCHEDULER_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
-    assert listed.returncode == 0, listed.stderr
     for run in runs:
-        (job,) = [line.split() for line in listed.stdout.splitlines() if run["instance_id"] in line]
+        (job,) = [line.split() for line in listed.splitlines() if run["instance_id"] in line]
         assert job[0] == f"actor/dapr.internal.default.durable-agent-service.retentioner/{run['instance_id']}/retention"
         assert re.fullmatch(r"\+(23\.\d|24\.0)h", job[1]), job  # due in a day

@@ -17,7 +17,6 @@ import yaml
 
 from tests.conftest import (
     ROOT,
-    SCHEDULER_LIST,
     SERVICE,
     SERVICE_URL,
     TASK,
@@ -28,6 +27,7 @@ from tests.conftest import (
     post_with_key,
     publish,
     redis_cli,
+    scheduled_jobs,
     wait_for,
     wait_for_outcome,
 )
@@ -74,17 +74,12 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_entry_expires(
         # waiting run's steps one by one.
         assert {int(redis_cli("ttl", key)) for key in keys} <= {-1, -2}
 
-        def scheduled() -> str:
-            jobs = subprocess.run(shlex.split(SCHEDULER_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
-            assert jobs.returncode == 0, jobs.stderr
-            return jobs.stdout
-
-        assert f"retentioner/{instance_id}/retention" in scheduled()  # the purge, due once the 15 s are up
+        assert f"retentioner/{instance_id}/retention" in scheduled_jobs(dapr_env)  # the purge, due once the 15 s are up
 
         wait_for(lambda: not workflow_keys(), 45, "the completed run's workflow state to be purged")
         listed = subprocess.run(shlex.split(WORKFLOW_LIST), cwd=ROOT, env=dapr_env, capture_output=True, text=True)
         assert listed.returncode == 0 and instance_id not in listed.stdout, listed.stdout + listed.stderr
-        wait_for(lambda: instance_id not in scheduled(), 10, "the run's purge job to go once it fired")
+        wait_for(lambda: instance_id not in scheduled_jobs(dapr_env), 10, "the run's purge job to go once it fired")
         status = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=5)
         assert status.status_code == 404, status.text
         wait_for(lambda: redis_cli("exists", entry_key).strip() == "0", 40, "the run's entry to expire")

@@ -29,6 +29,7 @@ from tests.conftest import (
     ZIPKIN,
     DaprRun,
     calls_for,
+    metrics,
     page_command,
     redis_cli,
     wait_for,
@@ -101,13 +102,14 @@ def stop_ticks(run: DaprRun, name: str) -> None:
 
 def ticks_seen(run: DaprRun) -> int:
     """The ticks the sidecar has handed its app, from its metrics (`--metrics-port`)."""
-    port = run.command.split("--metrics-port ")[1].split()[0]
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    counts = re.findall(r"^dapr_component_job_(?:success|failure)_count\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    port = int(run.command.split("--metrics-port ")[1].split()[0])
+    counts = re.findall(r"^dapr_component_job_(?:success|failure)_count\{[^}]*\} (\S+)$", metrics(port), re.MULTILINE)
     return sum(int(float(count)) for count in counts)
 
 
 def workflow_traced(instance_id: str) -> bool:
+    """The sidecar's span of the run's workflow is in Zipkin. (`trace_of_run` also waits for the
+    agent's own spans, which a service without the OTEL_ variables sends none of.)"""
     query = {"annotationQuery": f"durabletask.task.instance_id={instance_id}", "limit": 10}
     traces = requests.get(f"{ZIPKIN}/traces", params=query, timeout=5).json()
     return any(span["name"] == WORKFLOW_SPAN for trace in traces for span in trace)
