@@ -274,6 +274,7 @@ build_app_images() {
   save_archive "$agent"
   debian_image "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE" redis-server
   save_archive "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE"
+  build_postgres_image
   local zipkin="$APP_IMAGE_REGISTRY/zipkin:$ZIPKIN_VERSION" container
   if ! buildah_ inspect --type image "$zipkin" >/dev/null 2>&1; then
     debian_image "$APP_IMAGE_REGISTRY/java-base:$DEBIAN_SUITE" openjdk-17-jre-headless,ca-certificates
@@ -290,6 +291,28 @@ build_app_images() {
     buildah_ rmi "$old" >/dev/null
   done
   echo "$agent" >"$K8S_IMAGES/agent-image"
+}
+
+# PostgreSQL from Debian, its user renumbered to 999 as in the official image, which
+# deploy/stand-ins/postgres.yaml runs as: initdb refuses a user id that has no name. The cluster the
+# package's postinst made is dropped: the stand-in makes its own on its volume.
+build_postgres_image() {
+  local image="$APP_IMAGE_REGISTRY/postgres:$DEBIAN_SUITE" packages="$APP_IMAGE_REGISTRY/postgres-packages:$DEBIAN_SUITE"
+  local container
+  if ! buildah_ inspect --type image "$image" >/dev/null 2>&1; then
+    debian_image "$packages" "postgresql-$POSTGRESQL_MAJOR"
+    container=$(buildah_ from "$packages")
+    buildah_ run --network none "$container" -- sh -euc 'groupmod -g 999 postgres && usermod -u 999 -g 999 postgres
+      rm -rf /var/lib/postgresql/*/main /etc/postgresql/*/main
+      chown -R postgres:postgres /var/lib/postgresql' || {
+      buildah_ rm "$container" >/dev/null
+      return 1
+    }
+    buildah_ config --user 999:999 "$container"
+    buildah_ commit --quiet --rm "$container" "$image" >/dev/null
+    buildah_ rmi "$packages" >/dev/null
+  fi
+  save_archive "$image"
 }
 
 k8s_build_main() {

@@ -2,6 +2,7 @@
 # Installs everything the project runs on, from registries only (no GitHub, no Docker):
 #   python  .venv from requirements-dev.txt (the agent's requirements.txt, plus tests and linting)
 #   dapr    daprd, placement, scheduler and the dapr CLI in ~/.dapr/bin, built from Go modules
+#   postgres  PostgreSQL from Debian packages, the workflow's store
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
 #   chromium  headless Chromium from Debian packages, for `make images`
@@ -150,6 +151,18 @@ setup_redis() {
   redis-server --version
 }
 
+setup_postgres() {
+  local postgres="/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin/postgres"
+  if [ -x "$postgres" ]; then
+    echo "    $("$postgres" --version)"
+    return
+  fi
+  as_root apt-get update -qq
+  # RUNLEVEL=1 keeps the package from starting a system-wide cluster on 5432; `make up` runs our own.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "postgresql-$POSTGRESQL_MAJOR" >/dev/null
+  "$postgres" --version
+}
+
 setup_chromium() {
   if command -v chromium >/dev/null; then
     echo "    $(chromium --version 2>/dev/null)"
@@ -202,12 +215,13 @@ setup_config() {
 main() {
   mkdir -p .cache
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(python dapr redis zipkin chromium config)
+  [ ${#steps[@]} -gt 0 ] || steps=(python dapr postgres redis zipkin chromium config)
   local started=$SECONDS name
   for name in "${steps[@]}"; do
     case "$name" in
       python) step "python venv" setup_python ;;
       dapr) setup_dapr ;;
+      postgres) step "postgresql $POSTGRESQL_MAJOR" setup_postgres ;;
       redis) step "redis" setup_redis ;;
       zipkin) step "zipkin $ZIPKIN_VERSION" setup_zipkin ;;
       chromium) step "chromium" setup_chromium ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local infrastructure `dapr init` would start in Docker, run as plain processes on loopback:
-#   redis      6379   state and pub/sub, AOF on, data in .run/data/redis
+#   postgres   55432  the workflow's state (actor state store), fsync on, data in .run/data/postgres
+#   redis      6379   the agent's entries, registry and approvals, and pub/sub; AOF on, data in .run/data/redis
 #   placement  50005  actor placement (workflows run on actors)
 #   scheduler  50006  workflow timers and reminders, data in .run/data/scheduler
 #   zipkin     9411   traces
@@ -15,12 +16,19 @@ RUN_DIR="$PWD/.run"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 DAPR_BIN="$HOME/.dapr/bin"
+POSTGRES_BIN="/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin"
 ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
-SERVICES=(redis placement scheduler zipkin)
+# PostgreSQL refuses to run as root: as root, its files and process belong to the `postgres` user
+# Debian's package creates (setpriv execs, so the pid `up` records is the server's own).
+POSTGRES_USER=()
+[ "$(id -u)" -ne 0 ] || POSTGRES_USER=(setpriv --reuid postgres --regid postgres --init-groups)
+SERVICES=(postgres redis placement scheduler zipkin)
 cmd=()
 
 port_of() {
   case "$1" in
+    # Not 5432: a developer's machine often has a PostgreSQL of its own there.
+    postgres) echo 55432 ;;
     redis) echo 6379 ;;
     placement) echo 50005 ;;
     scheduler) echo 50006 ;;
@@ -39,6 +47,12 @@ health_port_of() {
 # Sets the array `cmd` to the command line that runs service $1.
 command_of() {
   case "$1" in
+    postgres)
+      # Loopback only, no Unix socket; fsync stays on (PostgreSQL's default): a step Dapr was told
+      # is saved must survive a power cut, as it would in production.
+      cmd=("$POSTGRES_BIN/postgres" -D "$RUN_DIR/data/postgres" -c listen_addresses=127.0.0.1 -c port=55432
+        -c unix_socket_directories= -c fsync=on)
+      ;;
     redis)
       cmd=(redis-server --port 6379 --bind 127.0.0.1 --dir "$RUN_DIR/data/redis" \
         --appendonly yes --appendfsync everysec --save "")
@@ -71,6 +85,7 @@ missing_hint() {
 }
 
 check_installed() {
+  [ -x "$POSTGRES_BIN/postgres" ] || missing_hint "PostgreSQL $POSTGRESQL_MAJOR"
   command -v redis-server >/dev/null || missing_hint redis-server
   [ -x "$DAPR_BIN/placement" ] || missing_hint "$DAPR_BIN/placement"
   [ -x "$DAPR_BIN/scheduler" ] || missing_hint "$DAPR_BIN/scheduler"
@@ -83,6 +98,7 @@ is_listening() {
 
 healthy() {
   case "$1" in
+    postgres) "$POSTGRES_BIN/pg_isready" -q -h 127.0.0.1 -p 55432 ;;
     redis) [ "$(redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
     placement | scheduler) curl -fs -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
     zipkin) curl -fs -o /dev/null http://127.0.0.1:9411/health ;;
@@ -120,8 +136,13 @@ start() {
     fi
   done
   mkdir -p "$LOG_DIR" "$PID_DIR" "$RUN_DIR/data/redis" "$RUN_DIR/data/scheduler"
+  local run_as=()
+  if [ "$name" = postgres ]; then
+    init_postgres
+    run_as=("${POSTGRES_USER[@]}")
+  fi
   command_of "$name"
-  nohup "${cmd[@]}" >"$LOG_DIR/$name.log" 2>&1 &
+  nohup "${run_as[@]}" "${cmd[@]}" >"$LOG_DIR/$name.log" 2>&1 &
   pid=$!
   echo "$pid" >"$PID_DIR/$name.pid"
   until healthy "$name"; do
@@ -136,15 +157,42 @@ start() {
     fi
     sleep 0.2
   done
+  [ "$name" != postgres ] || create_database
   echo "  $name: up on 127.0.0.1:$port (pid $pid, $((SECONDS - started))s)"
 }
 
+# A new cluster in .run/data/postgres, once. Local connections need no password (trust), as Redis's
+# do: only this machine's loopback reaches it.
+init_postgres() {
+  local data="$RUN_DIR/data/postgres"
+  [ -f "$data/PG_VERSION" ] && return
+  mkdir -p "$data"
+  [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$data"
+  chmod 0700 "$data"
+  ("${POSTGRES_USER[@]}" "$POSTGRES_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --no-locale \
+    --no-instructions) >"$LOG_DIR/postgres-initdb.log" 2>&1 || {
+    tail -n 20 "$LOG_DIR/postgres-initdb.log" >&2
+    echo "stack: initdb failed; log: $LOG_DIR/postgres-initdb.log" >&2
+    exit 1
+  }
+}
+
+# The database resources/workflow-state.yaml names; Dapr creates its tables in it on first use.
+create_database() {
+  local psql=("$POSTGRES_BIN/psql" -h 127.0.0.1 -p 55432 -U postgres -qAt)
+  if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'dapr'")" ]; then
+    "${psql[@]}" -c "CREATE DATABASE dapr" >/dev/null
+  fi
+}
+
 stop() {
-  local name=$1 pid
+  local name=$1 pid signal=TERM
   pid=$(running_pid "$name")
   rm -f "$PID_DIR/$name.pid"
   [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true  # it may have exited since running_pid looked
+  # PostgreSQL's SIGTERM waits for every client to leave; SIGINT rolls them back and stops now.
+  [ "$name" != postgres ] || signal=INT
+  kill "-$signal" "$pid" 2>/dev/null || true  # it may have exited since running_pid looked
   for _ in $(seq 50); do
     kill -0 "$pid" 2>/dev/null || { echo "  $name: stopped (pid $pid)"; return; }
     sleep 0.2
@@ -177,7 +225,7 @@ case "${1:-}" in
     for name in "${SERVICES[@]}"; do start "$name"; done
     ;;
   down)
-    for name in zipkin scheduler placement redis; do stop "$name"; done
+    for name in zipkin scheduler placement redis postgres; do stop "$name"; done
     ;;
   status) status ;;
   *)

@@ -69,6 +69,7 @@ class ServiceRunner(AgentRunner):
         app = super().serve(agent, app=FastAPI(title=agent.name), entry_path="/run", **options)
         if "ask_user" not in agent.execution.builtin_tools:  # answers to the agent's questions: none asked
             _remove_routes(app, lambda path: path == "/run/input")
+            _replace_route(app, STATUS_PATH, self._status(), method="GET")
         if approvals:
             _replace_route(app, "/hitl/approvals", approvals.waiting, method="GET")
             _replace_route(app, APPROVAL_PATH, approvals.decide)
@@ -168,6 +169,24 @@ class ServiceRunner(AgentRunner):
         if json.loads(existing.serialized_input or "{}").get("task") != task["task"]:
             raise HTTPException(422, "this Idempotency-Key was used for another task; use a new key")
         return instance_id, True
+
+    def _status(self) -> Callable[..., Any]:
+        async def status(instance_id: str) -> dict[str, Any]:
+            """The run's status, and its answer once completed, from the workflow's store alone.
+            dapr-agents' route (1.0.9) also reads the run's entry in agent-workflow for the questions
+            the agent asked its user, none here; with Redis down that read waited out three rounds of
+            resiliency.yaml's retries, about 150 s, before the route answered."""
+            state = await asyncio.to_thread(self._workflows.get_workflow_state, instance_id)
+            if state is None:
+                raise HTTPException(404, "Workflow instance not found.")
+            payload = state.to_json()
+            payload["runtime_status"] = state.runtime_status.name
+            for field in ("created_at", "last_updated_at"):
+                if payload.get(field):
+                    payload[field] = payload[field].isoformat()
+            return {**payload, "pending_inputs": []}
+
+        return status
 
     def _terminate(self) -> Callable[..., Any]:
         async def terminate(instance_id: str) -> dict[str, str]:

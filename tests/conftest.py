@@ -1,6 +1,6 @@
 """Fixtures that own the processes a user story needs.
 
-The local stack (Redis, placement, scheduler, Zipkin) is started by `make test`; the fixtures
+The local stack (PostgreSQL, Redis, placement, scheduler, Zipkin) is started by `make test`; the fixtures
 check it answers, run the stand-in LLM, and run the README's `dapr run` commands, each in the
 background with its output in .run/test-logs, stopped by pid, its log attached to a failure.
 """
@@ -88,6 +88,26 @@ def redis_cli(*args: str) -> str:
     )
 
 
+# resources/workflow-state.yaml's database, as `make setup` installs and `make up` starts it.
+PSQL = ["psql", "-h", "127.0.0.1", "-p", "55432", "-U", "postgres", "-d", "dapr"]
+
+
+def psql(sql: str, *params: str) -> list[list[str]]:
+    """The rows a query of the workflow's store returns, each a list of its columns as text.
+    `params` fill :'p1', :'p2', ... in `sql`, quoted by psql."""
+    variables = [f"--variable=p{n}={value}" for n, value in enumerate(params, 1)]
+    done = subprocess.run(
+        [*PSQL, "-qAtX", "-F", "\t", "-v", "ON_ERROR_STOP=1", *variables], input=sql, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"psql failed: {done.stderr}"
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+def workflow_rows(like: str) -> list[str]:
+    """The keys of the workflow's state (table `state` of state.postgresql v2) that match `like`."""
+    return [row[0] for row in psql("SELECT key FROM state WHERE key LIKE :'p1' ORDER BY key", like)]
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -108,6 +128,7 @@ def stack() -> None:
         if not (DAPR_BIN / binary).exists():
             pytest.fail(f"{DAPR_BIN / binary} is missing: run `make setup`", pytrace=False)
     for what, ready in (
+        ("PostgreSQL on 55432", lambda: port_open(55432)),
         ("Redis on 6379", lambda: port_open(6379)),
         ("placement on 50005", lambda: port_open(50005)),
         ("scheduler on 50006", lambda: port_open(50006)),

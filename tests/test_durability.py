@@ -81,23 +81,27 @@ def test_a_redis_restart_mid_run_loses_no_workflow_conversation_or_registry_entr
 
 
 def stop_redis() -> None:
-    redis_pid = int((ROOT / ".run" / "pids" / "redis.pid").read_text())
-    os.kill(redis_pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 30, "Redis to stop")
+    stop_service_of_stack("redis", signal.SIGTERM)
 
 
-def test_while_redis_is_down_a_status_url_answers_503_with_retry_after_and_the_run_once_it_is_back(
+def stop_service_of_stack(name: str, stop_signal: signal.Signals) -> None:
+    pid = int((ROOT / ".run" / "pids" / f"{name}.pid").read_text())
+    os.kill(pid, stop_signal)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{name} to stop")
+
+
+def test_while_postgresql_is_down_a_status_url_answers_503_with_retry_after_and_the_run_once_it_is_back(
     llm: LLMServer, start_service: Callable[[], DaprRun]
 ) -> None:
     start_service()
     status_url = post_run(f"Write a haiku about outages ({uuid.uuid4().hex[:8]}).")["status_url"]
     assert wait_for_outcome(status_url)["runtime_status"] == "COMPLETED"
 
-    stop_redis()
+    stop_service_of_stack("postgres", signal.SIGINT)  # PostgreSQL's fast shutdown: its clients are cut off
     try:
         began = time.monotonic()
         during = requests.get(f"{SERVICE_URL}{status_url}", timeout=120)
-        print(f"\nthe status read took {time.monotonic() - began:.0f} s, resiliency.yaml's retries of Redis")
+        print(f"\nthe status read took {time.monotonic() - began:.0f} s, resiliency.yaml's retries of the store")
         healthy = requests.get(f"{SERVICE_URL}/healthz", timeout=5)
     finally:
         subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
@@ -106,6 +110,23 @@ def test_while_redis_is_down_a_status_url_answers_503_with_retry_after_and_the_r
     assert "ask again in a moment" in during.json()["detail"]
     assert healthy.status_code == 200
     assert wait_for_outcome(status_url)["runtime_status"] == "COMPLETED"
+
+
+def test_while_redis_is_down_a_status_url_answers_from_postgresql_at_once(
+    llm: LLMServer, start_service: Callable[[], DaprRun]
+) -> None:
+    start_service()
+    status_url = post_run(f"Write a haiku about half an outage ({uuid.uuid4().hex[:8]}).")["status_url"]
+    assert wait_for_outcome(status_url)["runtime_status"] == "COMPLETED"
+
+    stop_redis()
+    try:
+        during = requests.get(f"{SERVICE_URL}{status_url}", timeout=10)  # no read of Redis on the way
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+
+    assert during.status_code == 200, during.text
+    assert during.json()["runtime_status"] == "COMPLETED" and answer_of(during.json()) == HAIKU
 
 
 def test_a_message_published_while_the_agent_is_down_runs_once_when_it_is_back(

@@ -22,8 +22,8 @@ from tests.conftest import (
 )
 from tests.llm_server import HAIKU, LLMServer
 
-WORKFLOW_LIST = page_command("dapr workflow list")
-WORKFLOW_HISTORY = page_command("python scripts/workflow_history.py")
+WORKFLOW_LIST = page_command("python scripts/workflow_history.py --app-id")
+WORKFLOW_HISTORY = page_command("python scripts/workflow_history.py <instance-id>")
 
 
 def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_call_and_the_state_calls(
@@ -67,7 +67,9 @@ def test_metrics_on_9090_expose_runtime_and_workflow_metrics(service: DaprRun, l
     assert 'dapr_runtime_workflow_execution_count{app_id="durable-agent-service"' in metrics
 
 
-def test_dapr_workflow_list_shows_the_completed_run(service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]) -> None:
+def test_the_readmes_workflow_list_shows_the_completed_run(
+    service: DaprRun, llm: LLMServer, dapr_env: dict[str, str]
+) -> None:
     instance_id = post_run(TASK)["instance_id"]
     assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
 

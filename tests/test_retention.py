@@ -25,16 +25,18 @@ from tests.conftest import (
     page_command,
     post_run,
     post_with_key,
+    psql,
     publish,
     redis_cli,
     scheduled_jobs,
     wait_for,
     wait_for_outcome,
+    workflow_rows,
 )
 from tests.llm_server import HAIKU, LLMServer
 from tests.test_approval_replicas import SECOND, SECOND_REPLICA, decide, waiting_on
 
-WORKFLOW_LIST = page_command("dapr workflow list")
+WORKFLOW_LIST = page_command("python scripts/workflow_history.py --app-id")
 
 
 def test_a_completed_runs_workflow_state_is_purged_and_its_entry_expires(
@@ -62,7 +64,7 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_entry_expires(
         assert wait_for_outcome(f"/agent/instances/{instance_id}")["runtime_status"] == "COMPLETED"
 
         def workflow_keys() -> list[str]:
-            return redis_cli("--scan", "--pattern", f"*.workflow||{instance_id}||*").split()
+            return workflow_rows(f"%.workflow||{instance_id}||%")
 
         entry_key = f"durable-agent-service||assistant:_workflow_{instance_id}"
         entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
@@ -70,9 +72,9 @@ def test_a_completed_runs_workflow_state_is_purged_and_its_entry_expires(
         assert 0 < int(redis_cli("ttl", entry_key)) <= 30
         keys = workflow_keys()
         assert len(keys) >= 10, "the run left no workflow state to purge"
-        # No TTL on the workflow's own state (-1; -2 once the purge has begun): it would expire a
-        # waiting run's steps one by one.
-        assert {int(redis_cli("ttl", key)) for key in keys} <= {-1, -2}
+        # No TTL on the workflow's own state: it would expire a waiting run's steps one by one.
+        expiring = "SELECT count(*) FROM state WHERE key LIKE :'p1' AND expires_at IS NOT NULL"
+        assert psql(expiring, f"%{instance_id}%") == [["0"]]
 
         assert f"retentioner/{instance_id}/retention" in scheduled_jobs(dapr_env)  # the purge, due once the 15 s are up
 
@@ -138,8 +140,9 @@ def shortened(tmp_path: Path, seconds: int) -> tuple[Path, Path]:
 
 
 def apps_keys() -> set[str]:
-    """Every key in Redis that the two agents' apps own (Dapr prefixes their state with the app id)."""
-    keys = redis_cli("--scan", "--pattern", "durable-agent-*").split()
+    """Every key in Redis and row in PostgreSQL that the two agents' apps own (Dapr prefixes their
+    state with the app id)."""
+    keys = redis_cli("--scan", "--pattern", "durable-agent-*").split() + workflow_rows("durable-agent-%")
     return {key for key in keys if key.startswith(("durable-agent-service||", "durable-agent-tool||"))}
 
 
@@ -185,6 +188,7 @@ def test_runs_of_every_kind_leave_only_what_a_fresh_agent_holds_once_retention_h
         assert decide(SECOND, approval).status_code == 200
         ended(approved, SECOND)
         assert len(written) >= 50, f"the six runs wrote only {len(written)} keys: the story proves nothing"
+        assert any(".workflow||" in key for key in written), "no workflow rows in PostgreSQL among them"
 
         deadline = time.monotonic() + 150  # the 30 s retention and TTLs, and the sidecars' purges after them
         while (left := (apps_keys() - fresh) | (stream_keys() - fresh_streams)) and time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from tests.conftest import (
     redis_cli,
     wait_for,
     wait_for_outcome,
+    workflow_rows,
 )
 from tests.llm_server import LLMServer
 
@@ -38,7 +39,8 @@ def run_readme_curl(action: str, instance_id: str) -> dict[str, str]:
 
 
 def keys_of(instance_id: str) -> list[str]:
-    return redis_cli("--scan", "--pattern", f"*{instance_id}*").split()
+    """What the run holds: its entry in Redis and its workflow's state in PostgreSQL."""
+    return redis_cli("--scan", "--pattern", f"*{instance_id}*").split() + workflow_rows(f"%{instance_id}%")
 
 
 def test_terminating_a_run_whose_llm_call_is_held_ends_it_and_no_llm_call_follows(

@@ -1,4 +1,4 @@
-"""The OpenAI key comes from the environment and leaks nowhere: no log, no Redis value, no span."""
+"""The OpenAI key comes from the environment and leaks nowhere: no log, no stored value, no span."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import FAKE_KEY, ROOT, TASK, DaprRun, post_run, redis_batch, redis_cli, wait_for_outcome
+from tests.conftest import FAKE_KEY, ROOT, TASK, DaprRun, post_run, psql, redis_batch, redis_cli, wait_for_outcome
 from tests.llm_server import LLMServer
 
 
-def test_the_api_key_is_used_but_appears_in_no_file_log_redis_value_or_span(service: DaprRun, llm: LLMServer) -> None:
+def test_the_api_key_is_used_but_appears_in_no_file_log_stored_value_or_span(service: DaprRun, llm: LLMServer) -> None:
     assert wait_for_outcome(post_run(TASK)["status_url"])["runtime_status"] == "COMPLETED"
     # The key did reach the model, so its absence below means something.
     assert any(r.headers.get("Authorization") == f"Bearer {FAKE_KEY}" for r in llm.state.chat_requests())
@@ -24,6 +24,9 @@ def test_the_api_key_is_used_but_appears_in_no_file_log_redis_value_or_span(serv
     assert [str(p) for p in logs if FAKE_KEY in Path(p).read_text(errors="replace")] == []
 
     assert FAKE_KEY.encode() not in _every_redis_value()
+    holding_the_key = "SELECT count(*) FROM state WHERE position(convert_to(:'p1', 'UTF8') in value) > 0"
+    assert psql(holding_the_key, FAKE_KEY) == [["0"]]
+    assert int(psql(holding_the_key, TASK)[0][0]) > 0  # the same query finds what a run did write there
 
     for service_name in requests.get("http://127.0.0.1:9411/api/v2/services", timeout=5).json():
         traces = requests.get(

@@ -1,4 +1,5 @@
-"""The service: POST /run and `dapr publish` start durable runs; state lands in Redis."""
+"""The service: POST /run and `dapr publish` start durable runs; their workflows' state lands in
+PostgreSQL, the rest in Redis."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     redis_cli,
     wait_for,
     wait_for_outcome,
+    workflow_rows,
 )
 from tests.llm_server import HAIKU, LLMServer
 
@@ -71,7 +73,7 @@ def test_dapr_publish_to_assistant_topic_starts_a_run_that_completes(
     assert [r.user_text for r in llm.state.chat_requests()] == [task]  # one task, one LLM call
 
 
-def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redis(
+def test_a_run_leaves_its_conversation_and_registry_entry_in_redis_and_its_workflow_state_in_postgresql(
     service: DaprRun, llm: LLMServer
 ) -> None:
     instance_id = post_run(TASK)["instance_id"]
@@ -83,7 +85,10 @@ def test_a_run_leaves_its_conversation_workflow_state_and_registry_entry_in_redi
     assert redis_cli("--scan", "--pattern", f"*_memory_{instance_id}").split() == []  # no summary for memory
     assert [r.user_text for r in llm.state.chat_requests()] == [TASK]  # one task, one LLM call
     actor = "dapr.internal.default.durable-agent-service.workflow"
-    assert redis_cli("exists", f"durable-agent-service||{actor}||{instance_id}||metadata").strip() == "1"
+    assert workflow_rows(f"durable-agent-service||{actor}||{instance_id}||metadata") == [
+        f"durable-agent-service||{actor}||{instance_id}||metadata"
+    ]
+    assert redis_cli("--scan", "--pattern", f"*{actor}||{instance_id}*").split() == []  # none of it in Redis
 
     assert "Assistant" in service.get_state("agent-registry", "agents:default:_index")["agents"]
     assert service.get_state("agent-registry", "agents:default:Assistant")["agent"]["appid"] == "durable-agent-service"

@@ -35,10 +35,11 @@ TOOL_APP_ID = "durable-agent-tool"
 DEPLOYMENT_OF = {APP_ID: "durable-agent", TOOL_APP_ID: "durable-agent-tool"}
 OVERLAY = ROOT / "k8s" / "tests" / "overlay"
 AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"
-REDIS_VOLUME = ROOT / ".run" / "k8s" / "volumes" / "redis-data"
-# docs/kubernetes.md's commands: the namespace and the three Secrets deploy/ reads, and the rollout.
+VOLUMES = ROOT / ".run" / "k8s" / "volumes"
+# docs/kubernetes.md's commands: the namespace and the four Secrets deploy/ reads, and the rollout.
 NAMESPACE_AND_SECRETS = [page_command("kubectl create namespace"), *page_commands("kubectl create secret generic")]
 ROLLOUT = page_command("kubectl rollout status deployment/durable-agent")
+STAND_INS_WITH_DATA = ("postgres", "redis")
 BUILD_HINT = "no agent image was built: run `make k8s-up` (it builds the Dockerfile with buildah)"
 
 
@@ -49,6 +50,7 @@ class Agent:
     api_token: str
     openai_key: str
     redis_password: str
+    postgres_password: str
     image: str
     ready_after: float = 0.0  # seconds from `kubectl apply` to the agent pod's Ready
     service_ips: dict[str, str] = field(default_factory=dict)
@@ -125,6 +127,13 @@ class Agent:
         redis_cli = ["redis-cli", "--no-raw", "--no-auth-warning", "-a", self.redis_password]
         return kubectl("exec", "redis-0", "-n", NAMESPACE, "--", *redis_cli, "EVAL", ALL_VALUES, "0").stdout
 
+    def workflow_rows(self, sql: str) -> list[str]:
+        """What `sql` answers in the PostgreSQL stand-in's database "dapr", where the workflows' state
+        is: one line a row."""
+        psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "dapr", "-qAtX", "-c", sql]
+        command = ["env", f"PGPASSWORD={self.postgres_password}", *psql]
+        return kubectl("exec", "postgres-0", "-n", NAMESPACE, "--", *command).stdout.splitlines()
+
 
 # Every key's value in Redis, flattened to lines: strings, hashes, lists, sets, sorted sets, streams.
 ALL_VALUES = """
@@ -166,7 +175,7 @@ def rendered_overlay(image: str) -> list[dict[str, Any]]:
 
 
 def create_namespace_and_secrets(openai_key: str) -> None:
-    """docs/kubernetes.md's commands that make the namespace and the three Secrets deploy/ reads."""
+    """docs/kubernetes.md's commands that make the namespace and the four Secrets deploy/ reads."""
     for command in NAMESPACE_AND_SECRETS:
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", command],
@@ -184,22 +193,24 @@ def secret_value(name: str, key: str) -> str:
     return base64.b64decode(encoded).decode()
 
 
-def create_redis_volume() -> None:
-    """The volume Redis's claim binds to: this one-node cluster has no storage class."""
-    shutil.rmtree(REDIS_VOLUME, ignore_errors=True)  # an earlier run's data
-    REDIS_VOLUME.mkdir(parents=True)
-    os.chown(REDIS_VOLUME, 999, 999)  # deploy/stand-ins/redis.yaml's user
+def create_volume(stand_in: str) -> None:
+    """The volume a stand-in's claim binds to (data-<stand-in>-0): this one-node cluster has no
+    storage class. Both stand-ins run as user 999 (deploy/stand-ins/)."""
+    folder = VOLUMES / f"{stand_in}-data"
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier run's data
+    folder.mkdir(parents=True)
+    os.chown(folder, 999, 999)
     volume = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": "durable-agent-redis"},
+        "metadata": {"name": f"durable-agent-{stand_in}"},
         "spec": {
             "capacity": {"storage": "1Gi"},
             "accessModes": ["ReadWriteOnce"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": "",
-            "claimRef": {"namespace": NAMESPACE, "name": "data-redis-0"},
-            "hostPath": {"path": str(REDIS_VOLUME), "type": "Directory"},
+            "claimRef": {"namespace": NAMESPACE, "name": f"data-{stand_in}-0"},
+            "hostPath": {"path": str(folder), "type": "Directory"},
         },
     }
     kubectl("apply", "-f", "-", stdin=json.dumps(volume))
@@ -230,7 +241,8 @@ def delete_namespace() -> None:
     kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found", check=False)
     kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--grace-period=0", "--force", check=False)
     kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False, timeout=130)
-    kubectl("delete", "persistentvolume", "durable-agent-redis", "--ignore-not-found", check=False)
+    for stand_in in STAND_INS_WITH_DATA:
+        kubectl("delete", "persistentvolume", f"durable-agent-{stand_in}", "--ignore-not-found", check=False)
 
 
 @contextlib.contextmanager
@@ -246,9 +258,11 @@ def deploy() -> Iterator[Agent]:
             api_token=secret_value("dapr-api-token", "token"),
             openai_key=openai_key,
             redis_password=secret_value("redis", "password"),
+            postgres_password=secret_value("postgres", "password"),
             image=AGENT_IMAGE_RECORD.read_text().strip(),
         )
-        create_redis_volume()
+        for stand_in in STAND_INS_WITH_DATA:
+            create_volume(stand_in)
         create_llm_code()
         manifests = json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered_overlay(agent.image)})
         # Checked against the API server's schemas (Kubernetes' and Dapr's CRDs) before anything is applied.
@@ -256,6 +270,7 @@ def deploy() -> Iterator[Agent]:
         applied = time.monotonic()
         kubectl("apply", "--validate=strict", "-f", "-", stdin=manifests)
         for name in (
+            "statefulset/postgres",
             "statefulset/redis",
             "deployment/zipkin",
             "deployment/stand-in-llm",

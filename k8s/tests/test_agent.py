@@ -74,6 +74,8 @@ def test_the_agent_pod_runs_with_its_injected_sidecar_and_mtls(agent: Agent) -> 
     # The sidecar starts only with a workload certificate from sentry; mTLS is on for the cluster.
     daprd = kubectl("logs", pod["metadata"]["name"], "-n", NAMESPACE, "-c", "daprd").stdout
     assert "Security is initialized successfully" in daprd
+    # PostgreSQL holds the workflows' state: Dapr has no reason to warn it is unfit for production.
+    assert "should not be used in production" not in daprd
     assert kubectl_json("get", "configuration", "daprsystem", "-n", "dapr-system")["spec"]["mtls"]["enabled"] is True
     print(f"\nagent pod Ready {agent.ready_after:.0f}s after `kubectl apply`")
 
@@ -368,11 +370,28 @@ def test_runs_survive_a_restart_of_redis_from_its_append_only_file(agent: Agent)
     assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
 
 
-def test_the_openai_key_is_in_no_pod_log_and_no_redis_value(agent: Agent) -> None:
+def test_runs_survive_a_restart_of_postgresql_and_their_state_is_there(agent: Agent) -> None:
+    instance_id = start_run(agent, a_task("postgres"))
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
+    rows = agent.workflow_rows(f"SELECT key FROM state WHERE key LIKE '%.workflow||{instance_id}||%'")
+    assert any(row.endswith("||metadata") for row in rows), rows
+
+    kubectl("delete", "pod", "postgres-0", "-n", NAMESPACE)
+    kubectl("rollout", "status", "statefulset/postgres", "-n", NAMESPACE, "--timeout=120s", timeout=130)
+
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"  # read back from the volume
+    task = a_task("after a PostgreSQL restart")
+    assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
+
+
+def test_the_openai_key_is_in_no_pod_log_and_no_stored_value(agent: Agent) -> None:
     logs = logs_of_namespace() + kubectl("logs", "-n", "dapr-system", "-l", "app=dapr-operator", "--tail=-1").stdout
     values = agent.redis_values()
+    holding = "SELECT count(*) FROM state WHERE position(convert_to('{}', 'UTF8') in value) > 0"
 
     assert agent.openai_key not in logs
     assert agent.openai_key not in values
     assert hashlib.sha256(agent.openai_key.encode()).hexdigest() not in values
     assert "Assistant" in values and HAIKU.splitlines()[0] in values  # what was searched holds the runs
+    assert agent.workflow_rows(holding.format(agent.openai_key)) == ["0"]
+    assert int(agent.workflow_rows(holding.format(TASK))[0]) > 0  # the same query finds what runs wrote

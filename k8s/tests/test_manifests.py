@@ -21,12 +21,15 @@ DEPLOY = ROOT / "deploy"
 APP_ID = "durable-agent-service"
 TOOL_APP_ID = "durable-agent-tool"
 # What the cluster's copy reads from a Secret where the local one has a literal or an environment
-# variable; locally Redis has no password.
+# variable; locally Redis and PostgreSQL have no password.
 KINDS = [
     *("Component", "ConfigMap", "Configuration", "Deployment"),
     *("Resiliency", "Service", "ServiceAccount", "StatefulSet"),
 ]
-FROM_SECRETS = {"redisHost": ("redis", "host"), "redisPassword": ("redis", "password"), "key": ("openai", "api-key")}
+FROM_SECRETS = {
+    **{"redisHost": ("redis", "host"), "redisPassword": ("redis", "password"), "key": ("openai", "api-key")},
+    **{"connectionString": ("postgres", "connection-string"), "password": ("postgres", "password")},
+}
 
 
 def rendered(folder: Path, namespace: str) -> list[dict[str, Any]]:
@@ -131,3 +134,15 @@ def test_the_zipkin_stand_in_runs_the_pinned_version() -> None:
     images = yaml.safe_load((DEPLOY / "stand-ins" / "kustomization.yaml").read_text())["images"]
 
     assert {i["name"]: i["newTag"] for i in images}["openzipkin/zipkin"] == PINS["ZIPKIN_VERSION"]
+
+
+def test_the_postgresql_stand_in_runs_the_pinned_major_version() -> None:
+    images = yaml.safe_load((DEPLOY / "stand-ins" / "kustomization.yaml").read_text())["images"]
+    manifests = yaml.safe_load_all((DEPLOY / "stand-ins" / "postgres.yaml").read_text())
+    (postgres,) = [d for d in manifests if d["kind"] == "StatefulSet"]
+    major = PINS["POSTGRESQL_MAJOR"]
+
+    assert {i["name"]: i["newTag"] for i in images}["postgres"] == major
+    (container,) = postgres["spec"]["template"]["spec"]["containers"]
+    assert f"/usr/lib/postgresql/{major}/bin" in container["args"][0]
+    assert container["readinessProbe"]["exec"]["command"][0].startswith(f"/usr/lib/postgresql/{major}/bin/")
