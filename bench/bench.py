@@ -4,7 +4,8 @@ Measures, in one run so the figures compare: the floor (the openai SDK calling t
 the service (POST /run until COMPLETED, sequential and concurrent; each run split by workflow step;
 CPU per run), the service at a real model's latency with many runs in flight, before and after its
 thread pools were sized and its Dapr client shared, the same service untuned and with tracing off,
-the one-shot command, memory and Redis storage per run. Writes RESULTS.md and latency.png into the output folder.
+the one-shot command, memory and storage per run (PostgreSQL and Redis), and the workflow state kept on Redis
+as it was before PostgreSQL. Writes RESULTS.md and latency.png into the output folder.
 Needs the stack up (`make up`). `--smoke` runs a few iterations, for the tests.
 """
 
@@ -49,6 +50,7 @@ from tests.conftest import (  # noqa: E402
     DaprRun,
     peak_rss_mb,
     post_run,
+    psql,
     redis_batch,
     redis_cli,
     user_env,
@@ -76,7 +78,10 @@ SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10, 0.2, (1, 4))
 
 
 # The local stack's processes (scripts/stack.sh, whose pid files these are), beside the app and daprd.
-STACK_PROCESSES = {"scheduler": "scheduler", "placement": "placement", "redis": "Redis", "zipkin": "Zipkin"}
+STACK_PROCESSES = {
+    **{"scheduler": "scheduler", "placement": "placement", "postgres": "PostgreSQL"},
+    **{"redis": "Redis", "zipkin": "Zipkin"},
+}
 PARTS_SHOWN = ("agent", "daprd", *STACK_PROCESSES.values(), "kernel")
 RETENTION_S = 20  # "After retention": every retention and TTL shortened to this, to see what is left
 ONE_SHOT_PHASES = ("sidecar ready", "agent ready", "first LLM request", "exit")
@@ -146,21 +151,25 @@ def time_per_part(runs: list[tuple[str, float]]) -> dict[str, float]:
     return {name: statistics.median(samples) for name, samples in parts.items()}
 
 
+# What each part of a run's storage is counted in.
+UNITS = {"workflow state": "rows", "agent entries": "keys"}
+
+
 def stored_per_run(instance_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """Mean Redis keys and bytes (MEMORY USAGE) per run, for its workflow state and the agent's entries."""
+    """Mean rows and bytes per run of its workflow state in PostgreSQL (keys and values, as stored),
+    and mean keys and bytes (MEMORY USAGE) of the agent's entries in Redis."""
     wanted = set(instance_ids)
-    groups: dict[str, list[str]] = {"workflow state": [], "agent entries": []}
-    for key in redis_cli("--scan").split():
-        parts = key.split("||")
-        if len(parts) == 4 and parts[2] in wanted:  # <app>||<workflow actor type>||<id>||<name>
-            groups["workflow state"].append(key)
-        elif len(parts) == 2 and ":_" in parts[1] and parts[1].rsplit("_", 1)[1] in wanted:  # assistant:_memory_<id>
-            groups["agent entries"].append(key)
-    stored = {}
-    for name, keys in groups.items():
-        sizes = redis_batch([f"MEMORY USAGE {key}" for key in keys]).split() if keys else []
-        stored[name] = (len(keys) / len(wanted), sum(int(size) for size in sizes) / len(wanted))
-    return stored
+    rows = psql(
+        "SELECT split_part(key, '||', 3), count(*), sum(pg_column_size(key) + pg_column_size(value)) FROM state"
+        " WHERE key LIKE '%.workflow||%' GROUP BY 1"
+    )
+    workflow = [(int(count), int(size)) for instance_id, count, size in rows if instance_id in wanted]
+    entries = [key for key in redis_cli("--scan").split() if ":_" in key and key.rsplit("_", 1)[1] in wanted]
+    sizes = redis_batch([f"MEMORY USAGE {key}" for key in entries]).split() if entries else []
+    return {
+        "workflow state": (sum(c for c, _ in workflow) / len(wanted), sum(size for _, size in workflow) / len(wanted)),
+        "agent entries": (len(entries) / len(wanted), sum(int(size) for size in sizes) / len(wanted)),
+    }
 
 
 class RunEnds:
@@ -379,9 +388,21 @@ def tracing_off(config: dict, resources: Path) -> None:
     config["spec"]["tracing"]["samplingRate"] = "0"
 
 
+def workflow_state_on_redis(config: dict, resources: Path) -> None:
+    """`workflow-state` as it was before PostgreSQL: Redis as the actor state store."""
+    component = yaml.safe_load((resources / "workflow-state.yaml").read_text())
+    component["spec"].update(type="state.redis", version="v1")
+    component["spec"]["metadata"] = [
+        {"name": "redisHost", "value": "localhost:6379"},
+        {"name": "actorStateStore", "value": "true"},
+    ]
+    (resources / "workflow-state.yaml").write_text(yaml.safe_dump(component))
+
+
 VARIANTS = {
     "untuned: `dapr init` config, no resiliency.yaml": untuned,
     "this repository, tracing off (samplingRate 0)": tracing_off,
+    "the workflow state on Redis, as before PostgreSQL": workflow_state_on_redis,
 }
 
 
@@ -411,11 +432,11 @@ def status_read_cpu(processes: dict[str, int], reads: int) -> dict[str, float]:
     """CPU per `GET` of an ended run's status URL, in ms, by process."""
     status_url = post_run(TASK)["status_url"]
     wait_for_outcome(status_url, 600, 0.05)
-    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    before = {name: tree_cpu_seconds(pid) for name, pid in processes.items()}
     with requests.Session() as session:
         for _ in range(reads):
             session.get(f"{SERVICE_URL}{status_url}", timeout=60).raise_for_status()
-    return {name: (cpu_seconds(pid) - before[name]) * 1000 / reads for name, pid in processes.items()}
+    return {name: (tree_cpu_seconds(pid) - before[name]) * 1000 / reads for name, pid in processes.items()}
 
 
 @dataclass(frozen=True)
@@ -455,6 +476,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process, its children that have ended, and those still running: PostgreSQL serves
+    each connection from a process of its own."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    seconds = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):  # it ended while this read
+            seconds += tree_cpu_seconds(int(child))
+    return seconds
+
+
 def stack_pids(service: DaprRun) -> dict[str, int]:
     """The processes a run of `service` uses, by the names the tables give them."""
     pid_of = {name: int((ROOT / ".run" / "pids" / f"{name}.pid").read_text()) for name in STACK_PROCESSES}
@@ -469,7 +501,7 @@ def cpu_by_part(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds used so far by each process in `pids`; by the kernel's own threads, among them the
     writeback of what the scheduler's etcd and Redis sync to disk; by this benchmark's process, its
     callers and the test LLM; and by the whole machine."""
-    parts = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    parts = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
     parts["kernel"] = kernel_cpu_seconds()
     parts["benchmark"] = cpu_seconds(os.getpid())
     ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -497,6 +529,11 @@ def cpu_ms_per_run(before: dict[str, float], after: dict[str, float], runs: int)
 
 def redis_used_bytes() -> int:
     return int(redis_cli("info", "memory").split("used_memory:")[1].split()[0])
+
+
+def postgres_used_bytes() -> int:
+    """The size of the workflows' database on disk: its tables, indexes and their free space."""
+    return int(psql("SELECT pg_database_size('dapr')")[0][0])
 
 
 def main() -> None:
@@ -545,7 +582,7 @@ def main() -> None:
             if latency == 0:
                 runs_done = plan.repeats * sum(runs_at(plan, level) for level in plan.concurrency)
                 cpu_ms = cpu_ms_per_run(cpu_before, cpu_by_part(pids), runs_done)
-        readers = {name: pids[name] for name in ("agent", "daprd", "Redis")}
+        readers = {name: pids[name] for name in ("agent", "daprd", "PostgreSQL", "Redis")}
         status_read_ms = status_read_cpu(readers, 10 * plan.sequential_runs)
         memory = {
             "agent (python)": peak_rss_mb(service.sidecar["appPid"]),
@@ -553,9 +590,11 @@ def main() -> None:
         }
         llm.state.latency_s = 0.0
         used_before, keys_before = redis_used_bytes(), int(redis_cli("dbsize"))
+        database_before = postgres_used_bytes()
         instance_ids = [timed_run()[0] for _ in range(plan.storage_runs)]
         bytes_per_run = (redis_used_bytes() - used_before) / plan.storage_runs
         keys_per_run = (int(redis_cli("dbsize")) - keys_before) / plan.storage_runs
+        database_per_run = (postgres_used_bytes() - database_before) / plan.storage_runs
         stored = stored_per_run(instance_ids)
         top = max(plan.concurrency)
         one_call = {
@@ -599,6 +638,7 @@ def main() -> None:
         memory,
         bytes_per_run,
         keys_per_run,
+        database_per_run,
         stored,
         phases,
         imports,
@@ -610,7 +650,7 @@ def main() -> None:
 
 
 def left_of(stored: dict[str, tuple[float, float]]) -> str:
-    return ", ".join(f"{name} {keys:.1f} keys, {size:.0f} bytes" for name, (keys, size) in stored.items())
+    return ", ".join(f"{name} {count:.1f} {UNITS[name]}, {size:.0f} bytes" for name, (count, size) in stored.items())
 
 
 def write_results(
@@ -626,6 +666,7 @@ def write_results(
     memory: dict[str, float],
     bytes_per_run: float,
     keys_per_run: float,
+    database_per_run: float,
     stored: dict[str, tuple[float, float]],
     phases: list[dict[str, float]],
     imports: list[float],
@@ -765,7 +806,7 @@ to Dapr recording its result: dispatch to the agent, the agent's Python, and the
 CPU used per run, over all the 0 ms runs under "Completed runs per second" below:
 {by_process};
 {cpu_total:.0f} ms in all on the machine ("the stack": the kernel's threads write to disk what the scheduler's
-etcd and Redis sync), not counting this benchmark's own process, its callers and the test LLM
+etcd, PostgreSQL and Redis sync), not counting this benchmark's own process, its callers and the test LLM
 ({cpu_ms["benchmark"]:.0f} ms). So {os.cpu_count()} cores can complete at most about
 {(os.cpu_count() or 1) * 1000 / cpu_total:.0f} runs/s, whatever the concurrency (fewer here: the benchmark
 uses the same cores). The scheduler's share is the workflow's reminders: ten jobs a run, one to start it,
@@ -859,10 +900,12 @@ The one-shot's agent is ready only once Python has imported dapr_agents, which t
 
 Peak RSS after the load above: {", ".join(f"{name} {mb:.0f} MB" for name, mb in memory.items())}.
 
-Redis grows by {bytes_per_run / 1024:.1f} KiB and {keys_per_run:.1f} keys per completed run
-({plan.storage_runs} runs, `used_memory` and `dbsize`). Per run, by `MEMORY USAGE`:
+Per completed run ({plan.storage_runs} runs), PostgreSQL's database grows by {database_per_run / 1024:.1f} KiB
+on disk (`pg_database_size`, which grows in whole pages) and Redis by {bytes_per_run / 1024:.1f} KiB and
+{keys_per_run:.1f} keys (`used_memory` and `dbsize`). Per run, the workflow state's rows in PostgreSQL
+(`pg_column_size` of key and value) and the agent's entry in Redis (`MEMORY USAGE`):
 
-| what | keys | KiB | kept |
+| what | rows or keys | KiB | kept |
 | --- | --- | --- | --- |
 {chr(10).join(storage_rows)}
 

@@ -28,11 +28,12 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert re.search(r"\| overhead ≤ 50 ms p50 per run, 0 ms LLM \| -?\d+ ms \| (yes|no) \|", results), results
     assert re.search(r"\| activity call_llm \| \d+ \|", results)
     assert re.search(r"\| workflow turns between activities \| \d+ \|", results)
-    by_process = r"agent \d+ ms, daprd \d+ ms, scheduler \d+ ms, placement \d+ ms, Redis \d+ ms, Zipkin \d+ ms, kernel"
+    parts = ("agent", "daprd", "scheduler", "placement", "PostgreSQL", "Redis", "Zipkin")
+    by_process = ", ".join(rf"{part} \d+ ms" for part in parts) + ", kernel"
     assert re.search(by_process + r" -?\d+ ms;\n\d+ ms in all on the machine", results), results
-    assert re.search(
-        r"\| untuned: `dapr init` config, no resiliency.yaml \| \d+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|", results
-    )
+    variants = ("untuned: `dapr init` config, no resiliency.yaml", "the workflow state on Redis, as before PostgreSQL")
+    for variant in variants:
+        assert re.search(rf"\| {re.escape(variant)} \| \d+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|", results), results
     assert re.search(r"Peak RSS after the load above: agent \(python\) \d+ MB, daprd \d+ MB", results)
     workflow_state = re.search(r"\| workflow state \(history, metadata\) \| ([\d.]+) \| ([\d.]+) \|", results)
     agent_entries = re.search(r"\| the run's conversation \(agent entry\) \| ([\d.]+) \| ([\d.]+) \|", results)
@@ -40,7 +41,7 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
     assert agent_entries and float(agent_entries[1]) == 1 and float(agent_entries[2]) > 0, results
     # Once the shortened retention and TTLs have passed, the runs have left nothing.
     after = re.search(r"Once those \d+ s\nhad passed \(checked every 2 s, \d+ s after the last run\): (.*)\.", results)
-    assert after and after[1] == "workflow state 0.0 keys, 0 bytes, agent entries 0.0 keys, 0 bytes", results
+    assert after and after[1] == "workflow state 0.0 rows, 0 bytes, agent entries 0.0 keys, 0 bytes", results
     # One LLM call and four activities per task; five and two with the agent summarizing for memory.
     assert re.search(r"\| before: summarizing each run for memory \| 2\.0 \| 5 \| \d+ \| [\d.]+ \|", results), results
     assert re.search(r"\| after: this repository \| 1\.0 \| 4 \| \d+ \| [\d.]+ \|", results), results
