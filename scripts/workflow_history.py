@@ -72,7 +72,7 @@ def workflow_api(app_id: str) -> tuple[grpc.Channel, workflows_grpc.TaskHubSidec
     return channel, workflows_grpc.TaskHubSidecarServiceStub(channel), [("dapr-api-token", token)] if token else []
 
 
-def fetch_history(instance_id: str, app_id: str) -> list[Message]:
+def fetch_history(instance_id: str, app_id: str = "durable-agent-service") -> list[Message]:
     """The run's history events, oldest first, from the sidecar's workflow API."""
     channel, api, metadata = workflow_api(app_id)
     with channel:
