@@ -22,6 +22,12 @@ ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-
 # Debian's package creates (setpriv execs, so the pid `up` records is the server's own).
 POSTGRES_USER=()
 [ "$(id -u)" -ne 0 ] || POSTGRES_USER=(setpriv --reuid postgres --regid postgres --init-groups)
+POSTGRES_DATA="$RUN_DIR/data/postgres"
+# A checkout that user cannot reach (one in root's home, say) keeps its cluster in a folder of its own
+# under /var/lib/postgresql, named for the checkout, and links it from .run/data/postgres.
+if [ ${#POSTGRES_USER[@]} -gt 0 ] && ! "${POSTGRES_USER[@]}" test -x "$PWD"; then
+  POSTGRES_DATA="/var/lib/postgresql/tiniest-durable-agent-$(sha256sum <<<"$PWD" | cut -c1-12)"
+fi
 SERVICES=(postgres redis placement scheduler zipkin)
 cmd=()
 
@@ -50,7 +56,7 @@ command_of() {
     postgres)
       # Loopback only, no Unix socket; fsync stays on (PostgreSQL's default): a step Dapr was told
       # is saved must survive a power cut, as it would in production.
-      cmd=("$POSTGRES_BIN/postgres" -D "$RUN_DIR/data/postgres" -c listen_addresses=127.0.0.1 -c port=55432
+      cmd=("$POSTGRES_BIN/postgres" -D "$POSTGRES_DATA" -c listen_addresses=127.0.0.1 -c port=55432
         -c unix_socket_directories= -c fsync=on)
       ;;
     redis)
@@ -161,10 +167,11 @@ start() {
   echo "  $name: up on 127.0.0.1:$port (pid $pid, $((SECONDS - started))s)"
 }
 
-# A new cluster in .run/data/postgres, once. Local connections need no password (trust), as Redis's
+# A new cluster in $POSTGRES_DATA, once. Local connections need no password (trust), as Redis's
 # do: only this machine's loopback reaches it.
 init_postgres() {
-  local data="$RUN_DIR/data/postgres"
+  local data="$POSTGRES_DATA"
+  [ "$data" = "$RUN_DIR/data/postgres" ] || ln -sfn "$data" "$RUN_DIR/data/postgres"
   [ -f "$data/PG_VERSION" ] && return
   mkdir -p "$data"
   [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$data"
