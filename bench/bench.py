@@ -402,8 +402,62 @@ def workflow_state_on_redis(config: dict, resources: Path) -> None:
 VARIANTS = {
     "untuned: `dapr init` config, no resiliency.yaml": untuned,
     "this repository, tracing off (samplingRate 0)": tracing_off,
-    "the workflow state on Redis, as before PostgreSQL": workflow_state_on_redis,
 }
+
+
+@dataclass(frozen=True)
+class StoreFigures:
+    """The service with its workflow state in one store."""
+
+    p50_ms: float  # one run at a time, 0 ms LLM
+    runs_per_s: float  # the plan's highest concurrency, 0 ms LLM
+    model_runs_per_s: float  # store_level(plan) in flight, at the plan's model latency
+    cpu_ms: dict[str, float]  # CPU per run by part, over the 0 ms runs in flight
+    grown_kib: dict[str, float]  # what PostgreSQL's database and Redis grow by per run, before retention
+
+
+# Where the workflow state is: this repository's PostgreSQL, or Redis as before it.
+STORES: dict[str, Callable[[dict, Path], None] | None] = {
+    "PostgreSQL (this repository)": None,
+    "Redis, as before": workflow_state_on_redis,
+}
+
+
+def store_level(plan: Plan) -> int:
+    return min(64, max(plan.model_levels))
+
+
+def measure_store(
+    change: Callable[[dict, Path], None] | None, env: dict[str, str], llm: LLMServer, plan: Plan, work: Path
+) -> StoreFigures:
+    """The README's service with its workflow state where `change` puts it, measured at 0 ms LLM
+    and at the model's latency."""
+    resources = work / "store-resources"
+    shutil.rmtree(resources, ignore_errors=True)
+    shutil.copytree(ROOT / "resources", resources)
+    if change:
+        change({}, resources)
+    service = DaprRun(SERVICE.replace("./resources", str(resources)), env, "bench-store")
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        timed_run()
+        ends, pids = RunEnds(service), stack_pids(service)
+        p50 = statistics.median(timed_run()[1] for _ in range(plan.sequential_runs)) * 1000
+        level = max(plan.concurrency)
+        cpu_before = cpu_by_part(pids)
+        rate = throughput(level, runs_at(plan, level), ends)
+        cpu = cpu_ms_per_run(cpu_before, cpu_by_part(pids), runs_at(plan, level))
+        runs = max(10, plan.storage_runs // 10)
+        before = {"PostgreSQL": postgres_used_bytes(), "Redis": redis_used_bytes()}
+        throughput(8, runs, ends)
+        grown = {"PostgreSQL": postgres_used_bytes(), "Redis": redis_used_bytes()}
+        llm.state.latency_s = plan.model_latency_s
+        model_rate, _ = runs_in_flight(store_level(plan), 2 * store_level(plan), ends)
+    finally:
+        llm.state.latency_s = 0.0
+        service.stop()
+    kib = {name: (grown[name] - before[name]) / runs / 1024 for name in grown}
+    return StoreFigures(p50, rate, model_rate, cpu, kib)
 
 
 def measure_variant(
@@ -620,6 +674,7 @@ def main() -> None:
         }
         for name, change in VARIANTS.items():
             side_by_side[name] = measure_variant(change, env, llm, plan, Path(work))
+        stores = {name: measure_store(change, env, llm, plan, Path(work)) for name, change in STORES.items()}
         summarizing, summarizing_split = measure_summarizing(env, llm, plan, Path(work))
         retention = after_retention(env, plan, Path(work))
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
@@ -646,6 +701,7 @@ def main() -> None:
         summarizing_split,
         model,
         retention,
+        stores,
     )
 
 
@@ -674,6 +730,7 @@ def write_results(
     summarizing_split: dict[str, float],
     model: dict[str, list[Level]],
     retention: AfterRetention,
+    stores: dict[str, StoreFigures],
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -734,7 +791,26 @@ def write_results(
                 share >= 0.8,
             )
         )
+    postgres, redis = stores.values()
+    model_level = f"{store_level(plan)} in flight, {plan.model_latency_s:g} s LLM"
+    for what, ours_, theirs in (
+        (f"{top} in flight, 0 ms LLM", postgres.runs_per_s, redis.runs_per_s),
+        (model_level, postgres.model_runs_per_s, redis.model_runs_per_s),
+    ):
+        goal = f"runs/s on PostgreSQL within 10% of Redis, {what}"
+        goals.append((goal, f"{ours_ / theirs:.0%}", ours_ >= 0.9 * theirs))
     goal_rows = [f"| {goal} | {shown} | {'yes' if met else 'no'} |" for goal, shown, met in goals]
+    store_parts = ("agent", "daprd", "scheduler", "PostgreSQL", "Redis", "the stack")
+    store_header = (
+        f"| workflow state in | p50 ms, 0 ms LLM | runs/s, {top} in flight, 0 ms LLM | runs/s, {model_level} "
+        f"| CPU per run ms, {' / '.join(store_parts)} | grows per run KiB, PostgreSQL / Redis |\n" + "| --- " * 6 + "|"
+    )
+    store_rows = [
+        f"| {name} | {figures.p50_ms:.0f} | {figures.runs_per_s:.1f} | {figures.model_runs_per_s:.1f} | "
+        + " / ".join(f"{figures.cpu_ms[part]:.0f}" for part in store_parts)
+        + f" | {figures.grown_kib['PostgreSQL']:.1f} / {figures.grown_kib['Redis']:.1f} |"
+        for name, figures in stores.items()
+    ]
     model_rows = [
         f"| {name} | {level.in_flight} | "
         + (
@@ -867,6 +943,18 @@ in brackets, the ratio to this repository's configuration.
 | configuration | p50 ms, one at a time | runs/s, {max(plan.concurrency)} in flight |
 | --- | --- | --- |
 {chr(10).join(side_rows)}
+
+## The workflows' store: PostgreSQL against Redis
+
+The README's service with `workflow-state` on PostgreSQL, as shipped, and on Redis, as it was before
+(`state.redis` as the actor state store), each measured in this same run: p50 of {plan.sequential_runs}
+runs one at a time and runs/s with {top} in flight at 0 ms LLM, with the CPU per run of each part over
+those runs; runs/s with {store_level(plan)} in flight at {plan.model_latency_s:g} s LLM; and what each store
+grows by per run before retention, over {max(10, plan.storage_runs // 10)} runs (PostgreSQL's
+`pg_database_size`, in whole pages; Redis's `used_memory`, the agent's entry among it in both).
+
+{store_header}
+{chr(10).join(store_rows)}
 
 ## The one-shot, seconds from `dapr run` to...
 

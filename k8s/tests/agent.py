@@ -74,6 +74,14 @@ class Agent:
         headers = {"dapr-api-token": self.api_token, "Content-Type": "application/cloudevents+json"}
         return requests.post(url, data=json.dumps(event), headers=headers, timeout=30)
 
+    def answers(self, app_id: str) -> bool:
+        """The app answers through its Service and sidecar, whatever it answers."""
+        try:
+            self.call("GET", "/healthz", app_id=app_id)
+        except requests.ConnectionError:
+            return False
+        return True
+
     def llm(self, method: str, path: str) -> Any:
         """The stand-in LLM's control API (k8s/tests/stand_in_llm.py)."""
         answer = requests.request(method, f"http://{self.service_ip('stand-in-llm')}:8081{path}", timeout=10)
@@ -285,6 +293,9 @@ def deploy() -> Iterator[Agent]:
                 f"`{ROLLOUT}` exited {done.returncode}:\n{done.stdout}{done.stderr}\n{logs_of_namespace()[-6000:]}"
             )
         agent.ready_after = time.monotonic() - applied
+        # A pod is Ready a moment before kube-proxy leads its Service to it: until then a call is refused.
+        for app_id in DEPLOYMENT_OF:
+            wait_for(lambda a=app_id: agent.answers(a), 60, f"the Service of {app_id} to lead to its pod", interval=0.5)
         yield agent
     finally:
         delete_namespace()
