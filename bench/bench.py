@@ -445,14 +445,15 @@ def measure_store(
         p50 = statistics.median(timed_run()[1] for _ in range(plan.sequential_runs)) * 1000
         level = max(plan.concurrency)
         cpu_before = cpu_by_part(pids)
-        rate = throughput(level, runs_at(plan, level), ends)
-        cpu = cpu_ms_per_run(cpu_before, cpu_by_part(pids), runs_at(plan, level))
+        rate = statistics.median(throughput(level, runs_at(plan, level), ends) for _ in range(plan.repeats))
+        cpu = cpu_ms_per_run(cpu_before, cpu_by_part(pids), plan.repeats * runs_at(plan, level))
         runs = max(10, plan.storage_runs // 10)
         before = {"PostgreSQL": postgres_used_bytes(), "Redis": redis_used_bytes()}
         throughput(8, runs, ends)
         grown = {"PostgreSQL": postgres_used_bytes(), "Redis": redis_used_bytes()}
         llm.state.latency_s = plan.model_latency_s
-        model_rate, _ = runs_in_flight(store_level(plan), 2 * store_level(plan), ends)
+        level = store_level(plan)
+        model_rate = statistics.median(runs_in_flight(level, 2 * level, ends)[0] for _ in range(plan.repeats))
     finally:
         llm.state.latency_s = 0.0
         service.stop()
@@ -949,7 +950,8 @@ in brackets, the ratio to this repository's configuration.
 The README's service with `workflow-state` on PostgreSQL, as shipped, and on Redis, as it was before
 (`state.redis` as the actor state store), each measured in this same run: p50 of {plan.sequential_runs}
 runs one at a time and runs/s with {top} in flight at 0 ms LLM, with the CPU per run of each part over
-those runs; runs/s with {store_level(plan)} in flight at {plan.model_latency_s:g} s LLM; and what each store
+those runs; runs/s with {store_level(plan)} in flight at {plan.model_latency_s:g} s LLM (each runs/s the median of
+{plan.repeats}: one such figure moves by 10% from one try to the next); and what each store
 grows by per run before retention, over {max(10, plan.storage_runs // 10)} runs (PostgreSQL's
 `pg_database_size`, in whole pages; Redis's `used_memory`, the agent's entry among it in both).
 
