@@ -108,6 +108,16 @@ def workflow_rows(like: str) -> list[str]:
     return [row[0] for row in psql("SELECT key FROM state WHERE key LIKE :'p1' ORDER BY key", like)]
 
 
+def stack_pid(name: str) -> int:
+    """The pid of a service of the local stack, from the pid file `make up` wrote."""
+    return int((ROOT / ".run" / "pids" / f"{name}.pid").read_text())
+
+
+def stack_up() -> None:
+    """`make up` again: it starts what is not running (a service a story stopped) and leaves the rest."""
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)

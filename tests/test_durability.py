@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -14,7 +13,6 @@ import pytest
 import requests
 
 from tests.conftest import (
-    ROOT,
     SERVICE_URL,
     DaprRun,
     all_delivered,
@@ -26,6 +24,8 @@ from tests.conftest import (
     publish,
     publish_cloudevent,
     redis_cli,
+    stack_pid,
+    stack_up,
     wait_for,
     wait_for_outcome,
 )
@@ -68,7 +68,7 @@ def test_a_redis_restart_mid_run_loses_no_workflow_conversation_or_registry_entr
     wait_for(lambda: calls_for(llm, task) == 1, 30, "the run's LLM call")
 
     stop_redis()
-    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+    stack_up()
     release.set()
 
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=120)
@@ -85,7 +85,7 @@ def stop_redis() -> None:
 
 
 def stop_service_of_stack(name: str, stop_signal: signal.Signals) -> None:
-    pid = int((ROOT / ".run" / "pids" / f"{name}.pid").read_text())
+    pid = stack_pid(name)
     os.kill(pid, stop_signal)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{name} to stop")
 
@@ -104,7 +104,7 @@ def test_while_postgresql_is_down_a_status_url_answers_503_with_retry_after_and_
         print(f"\nthe status read took {time.monotonic() - began:.0f} s, resiliency.yaml's retries of the store")
         healthy = requests.get(f"{SERVICE_URL}/healthz", timeout=5)
     finally:
-        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+        stack_up()
 
     assert (during.status_code, during.headers.get("Retry-After")) == (503, "1"), during.text
     assert "ask again in a moment" in during.json()["detail"]
@@ -123,7 +123,7 @@ def test_while_redis_is_down_a_status_url_answers_from_postgresql_at_once(
     try:
         during = requests.get(f"{SERVICE_URL}{status_url}", timeout=10)  # no read of Redis on the way
     finally:
-        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+        stack_up()
 
     assert during.status_code == 200, during.text
     assert during.json()["runtime_status"] == "COMPLETED" and answer_of(during.json()) == HAIKU

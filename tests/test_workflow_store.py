@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -17,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    ROOT,
     SERVICE_URL,
     DaprRun,
     calls_for,
     post_run,
+    stack_pid,
+    stack_up,
     wait_for,
     wait_for_outcome,
 )
@@ -31,26 +31,12 @@ from tests.test_load import REPLICA
 RUNS = 8
 # What a sidecar logs when it reads a workflow whose step was saved in part (dapr 1.18's wfengine).
 TORN_STATE = ("partial save", "missing from state store")
-POSTGRES_PID = ROOT / ".run" / "pids" / "postgres.pid"
 
 
 def postgres_processes() -> list[int]:
     """The postmaster `make up` started, then every process it forked (its backends and workers)."""
-    postmaster = int(POSTGRES_PID.read_text())
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it has exited
-            continue
-        if int(fields[1]) == postmaster:
-            children.append(int(stat.parent.name))
-    return [postmaster, *children]
-
-
-def restart_stack() -> None:
-    """`make up` again: it starts what is not running, here PostgreSQL (which recovers from its WAL)."""
-    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
+    postmaster = stack_pid("postgres")
+    return [postmaster, *map(int, Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split())]
 
 
 @pytest.fixture
@@ -99,7 +85,7 @@ def test_postgresql_killed_with_runs_mid_call_and_restarted_loses_none_of_them(
     for pid in killed:  # as a power cut would: no shutdown, the WAL replayed on start
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in killed), 30, "PostgreSQL's processes to go")
-    restart_stack()
+    stack_up()  # PostgreSQL recovers from its write-ahead log
     for release in releases:
         release.set()
 

@@ -358,16 +358,22 @@ def test_the_trace_of_a_run_is_in_zipkin(agent: Agent) -> None:
     wait_for(lambda: whole() or None, 60, f"the sidecar's and the app's spans of run {instance_id}", interval=2)
 
 
+def restart_stand_in(agent: Agent, stand_in: str, instance_id: str) -> None:
+    """Delete the stand-in's pod; once its StatefulSet has it back, the completed run `instance_id` is
+    read back from the volume and a new run completes."""
+    kubectl("delete", "pod", f"{stand_in}-0", "-n", NAMESPACE)
+    kubectl("rollout", "status", f"statefulset/{stand_in}", "-n", NAMESPACE, "--timeout=120s", timeout=130)
+
+    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
+    task = a_task(f"after a restart of {stand_in}")
+    assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
+
+
 def test_runs_survive_a_restart_of_redis_from_its_append_only_file(agent: Agent) -> None:
     instance_id = start_run(agent, a_task("persistence"))
     assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"
 
-    kubectl("delete", "pod", "redis-0", "-n", NAMESPACE)
-    kubectl("rollout", "status", "statefulset/redis", "-n", NAMESPACE, "--timeout=120s", timeout=130)
-
-    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"  # read back from the volume
-    task = a_task("after a Redis restart")
-    assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
+    restart_stand_in(agent, "redis", instance_id)
 
 
 def test_runs_survive_a_restart_of_postgresql_and_their_state_is_there(agent: Agent) -> None:
@@ -376,12 +382,7 @@ def test_runs_survive_a_restart_of_postgresql_and_their_state_is_there(agent: Ag
     rows = agent.workflow_rows(f"SELECT key FROM state WHERE key LIKE '%.workflow||{instance_id}||%'")
     assert any(row.endswith("||metadata") for row in rows), rows
 
-    kubectl("delete", "pod", "postgres-0", "-n", NAMESPACE)
-    kubectl("rollout", "status", "statefulset/postgres", "-n", NAMESPACE, "--timeout=120s", timeout=130)
-
-    assert agent.outcome(instance_id)["runtime_status"] == "COMPLETED"  # read back from the volume
-    task = a_task("after a PostgreSQL restart")
-    assert agent.outcome(start_run(agent, task))["runtime_status"] == "COMPLETED"
+    restart_stand_in(agent, "postgres", instance_id)
 
 
 def test_the_openai_key_is_in_no_pod_log_and_no_stored_value(agent: Agent) -> None:
