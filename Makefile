@@ -4,7 +4,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
-export PATH := $(HOME)/.dapr/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# .venv/bin/dapr is the project's Dapr CLI on its own runtime in .dapr/ (scripts/setup.sh).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (docs/observability.md).
 export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
@@ -16,7 +17,7 @@ help: ## List the targets
 setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin, Chromium (idempotent)
 	@scripts/setup.sh
 
-up: ## Start Redis, placement, scheduler and Zipkin in the background
+up: ## Start PostgreSQL, Redis, placement, scheduler, Zipkin (reusing yours from `dapr init`; OWN_STACK=1: never)
 	@scripts/stack.sh up
 
 down: ## Stop what `make up` started
@@ -34,8 +35,8 @@ serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic ass
 serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (docs/tool-and-approval.md)
 	dapr run --app-id durable-agent-tool --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_tool.py
 
-test: setup lint ## Lint, then everything on the real stack: up, pytest, down (down also on failure)
-	@scripts/stack.sh up
+test: setup lint ## Lint, then everything on the real stack: up (its own), pytest, down (down also on failure)
+	@OWN_STACK=1 scripts/stack.sh up
 	@status=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || status=$$?; scripts/stack.sh down; exit $$status
 
 bench: setup up ## Measure what durability costs: writes bench/RESULTS.md and bench/latency.png

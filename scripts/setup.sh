@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the project runs on, from registries only (no GitHub, no Docker):
 #   python  .venv from requirements-dev.txt (the agent's requirements.txt, plus tests and linting)
-#   dapr    daprd, placement, scheduler and the dapr CLI in ~/.dapr/bin, built from Go modules
+#   dapr    daprd, placement, scheduler and the dapr CLI in .dapr/bin: linked to yours in ~/.dapr/bin when
+#           they are the pinned versions, else built from Go modules; .venv/bin/dapr runs that CLI on them
 #   postgres  PostgreSQL from Debian packages, the workflow's store
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
 #   chromium  headless Chromium from Debian packages, for `make images`
-#   config  ~/.dapr/config.yaml as `dapr init` writes it (tracing to Zipkin, metrics on), plus workflow retention
+#   config  .dapr/config.yaml, the sidecars' configuration: a link to config/dapr-config.yaml
+# Nothing under ~/.dapr is written: a Dapr you installed (`dapr init`) stays as it is.
 # Idempotent: each step checks what is there first, so a warm run takes seconds.
 # Usage: scripts/setup.sh [step ...]   (default: all steps)
 set -euo pipefail
@@ -14,9 +16,13 @@ cd "$(dirname "$0")/.."
 # shellcheck source=../versions.env
 source versions.env
 
-DAPR_BIN="$HOME/.dapr/bin"
+# The project is its own Dapr runtime path (the CLI's DAPR_RUNTIME_PATH): binaries in .dapr/bin, the
+# sidecars' configuration in .dapr/config.yaml. ~/.dapr/bin, where `dapr init` installs, is only read.
+DAPR_BIN="$PWD/.dapr/bin"
+USERS_DAPR_BIN="$HOME/.dapr/bin"
 BUILD_DIR="$PWD/.cache/dapr-build"
-ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+# Kept in the project, so that `make up` finds it whoever's HOME it runs under; Maven's own cache is ~/.m2.
+ZIPKIN_JAR="$PWD/.cache/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 
 step() {
   local name=$1 started=$SECONDS
@@ -50,12 +56,12 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-installed_runtime_version() {
-  "$DAPR_BIN/daprd" --version 2>/dev/null || true
+runtime_version_in() {
+  "$1/daprd" --version 2>/dev/null || true
 }
 
-installed_cli_version() {
-  "$DAPR_BIN/dapr" --version 2>/dev/null | sed -n 's/^CLI version: \([^ ]*\).*/\1/p'
+cli_version_in() {
+  "$1/dapr" --version 2>/dev/null | sed -n 's/^CLI version: \([^ ]*\).*/\1/p'
 }
 
 setup_python() {
@@ -99,11 +105,44 @@ go_build_pinned() {
   )
 }
 
-build_runtime() {
-  if [ "$(installed_runtime_version)" = "$DAPR_RUNTIME_VERSION" ]; then
-    echo "    daprd $DAPR_RUNTIME_VERSION already in $DAPR_BIN"
+# The runtime this project proves is exactly DAPR_RUNTIME_VERSION, the CLI exactly DAPR_CLI_VERSION:
+# the only ones the Go proxy here serves whole, so the only ones its tests run. Yours in ~/.dapr/bin
+# are used when they are those (linked, not copied); any other version is left alone, and the
+# project builds its own beside it. daprd's version stands for placement's and scheduler's, which
+# have no --version; all three must be there (`dapr init --slim` leaves them so; a full `dapr init`
+# runs placement and scheduler in containers, which `make up` reuses, and keeps only daprd).
+# Usage: use_yours_or_build WHAT VERSION_FUNCTION WANTED BINARIES BUILD_FUNCTION
+use_yours_or_build() {
+  local what=$1 version_in=$2 wanted=$3 binaries=$4 build=$5 yours binary
+  if [ "$("$version_in" "$DAPR_BIN")" = "$wanted" ]; then
+    echo "    $what $wanted in .dapr/bin$(links_note "$DAPR_BIN/${binaries%% *}")"
     return
   fi
+  yours=$("$version_in" "$USERS_DAPR_BIN")
+  mkdir -p "$DAPR_BIN"
+  if [ "$yours" = "$wanted" ] && all_there "$USERS_DAPR_BIN" "$binaries"; then
+    for binary in $binaries; do ln -sfn "$USERS_DAPR_BIN/$binary" "$DAPR_BIN/$binary"; done
+    echo "    $what $wanted: yours in $USERS_DAPR_BIN, linked from .dapr/bin (nothing there changes)"
+    return
+  fi
+  [ -z "$yours" ] || echo "    your $USERS_DAPR_BIN has $what $yours, which this project does not test: left alone"
+  "$build"
+  for binary in $binaries; do
+    rm -f "$DAPR_BIN/$binary"  # a link to a binary of yours that has changed version since
+    install -m 0755 "$BUILD_DIR/$binary" "$DAPR_BIN/$binary"
+  done
+}
+
+all_there() {
+  local binary
+  for binary in $2; do [ -x "$1/$binary" ] || return 1; done
+}
+
+links_note() {
+  if [ -L "$1" ]; then echo " (linked to $(readlink "$1"))"; fi
+}
+
+build_runtime() {
   echo "    building daprd, placement, scheduler $DAPR_RUNTIME_VERSION from Go modules"
   echo "    (cold: ~1 GB of modules and 5-15 min of compiling on 2 cores; the Go caches make it fast next time)"
   # allcomponents is the official flavour: without a tag daprd panics, stablecomponents lacks conversation.
@@ -111,33 +150,37 @@ build_runtime() {
     "-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION" \
     "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" -tags allcomponents \
     github.com/dapr/dapr/cmd/daprd github.com/dapr/dapr/cmd/placement github.com/dapr/dapr/cmd/scheduler
-  mkdir -p "$DAPR_BIN"
-  install -m 0755 "$BUILD_DIR"/runtime/bin/{daprd,placement,scheduler} "$DAPR_BIN/"
+  cp "$BUILD_DIR"/runtime/bin/{daprd,placement,scheduler} "$BUILD_DIR/"
 }
 
 build_cli() {
-  if [ "$(installed_cli_version)" = "$DAPR_CLI_VERSION" ]; then
-    echo "    dapr CLI $DAPR_CLI_VERSION already in $DAPR_BIN"
-  else
-    # The CLI's own components-contrib (1.16.3) is refused by the proxy; 1.16.5 is a patch above it.
-    go_build_pinned "$BUILD_DIR/cli" "" "-X main.version=$DAPR_CLI_VERSION" \
-      "github.com/dapr/cli@v$DAPR_CLI_VERSION github.com/dapr/components-contrib@v$DAPR_CLI_CONTRIB_VERSION" \
-      github.com/dapr/cli
-    mkdir -p "$DAPR_BIN"
-    # The module's binary is named `cli`; users type `dapr`.
-    install -m 0755 "$BUILD_DIR/cli/bin/cli" "$DAPR_BIN/dapr"
-  fi
-  # Where the official installer puts the CLI, so README commands work as typed.
-  if [ ! -e /usr/local/bin/dapr ] && [ -w /usr/local/bin ]; then
-    ln -s "$DAPR_BIN/dapr" /usr/local/bin/dapr
-  fi
-  command -v dapr >/dev/null || echo "    note: add $DAPR_BIN to your PATH to type \`dapr\`"
+  # The CLI's own components-contrib (1.16.3) is refused by the proxy; 1.16.5 is a patch above it.
+  go_build_pinned "$BUILD_DIR/cli" "" "-X main.version=$DAPR_CLI_VERSION" \
+    "github.com/dapr/cli@v$DAPR_CLI_VERSION github.com/dapr/components-contrib@v$DAPR_CLI_CONTRIB_VERSION" \
+    github.com/dapr/cli
+  # The module's binary is named `cli`; users type `dapr`.
+  cp "$BUILD_DIR/cli/bin/cli" "$BUILD_DIR/dapr"
+}
+
+# `dapr` in the virtualenv: the README's `source .venv/bin/activate` makes it the one users type. It
+# runs the project's CLI with the project as its runtime path, so `dapr run` starts .dapr/bin/daprd
+# with .dapr/config.yaml, whatever ~/.dapr holds.
+write_dapr_launcher() {
+  mkdir -p .venv/bin
+  cat >.venv/bin/dapr <<LAUNCHER
+#!/bin/sh
+# Written by scripts/setup.sh: this project's Dapr CLI, runtime and configuration, in $PWD/.dapr.
+DAPR_RUNTIME_PATH="\${DAPR_RUNTIME_PATH:-$PWD}" exec "$DAPR_BIN/dapr" "\$@"
+LAUNCHER
+  chmod 0755 .venv/bin/dapr
 }
 
 setup_dapr() {
-  step "dapr runtime" build_runtime
-  step "dapr cli" build_cli
-  "$DAPR_BIN/dapr" --version | sed 's/^/    /'
+  step "dapr runtime" use_yours_or_build "daprd, placement, scheduler" runtime_version_in \
+    "$DAPR_RUNTIME_VERSION" "daprd placement scheduler" build_runtime
+  step "dapr cli" use_yours_or_build "dapr CLI" cli_version_in "$DAPR_CLI_VERSION" dapr build_cli
+  write_dapr_launcher
+  DAPR_RUNTIME_PATH=$PWD "$DAPR_BIN/dapr" --version | sed 's/^/    /'
 }
 
 setup_redis() {
@@ -182,34 +225,14 @@ setup_zipkin() {
   with_heartbeat "mvn zipkin" .cache/mvn-zipkin.log \
     mvn -B -q dependency:get -Dmaven.repo.local="$HOME/.m2/repository" -Dtransitive=false \
       -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec"
+  cp "$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar" "$ZIPKIN_JAR"
   ls -l "$ZIPKIN_JAR"
 }
 
-# True when $1 is a copy of config/dapr-config.yaml as committed at some point: one we installed.
-installed_by_us() {
-  local commit
-  git rev-parse --git-dir >/dev/null 2>&1 || return 1
-  for commit in $(git log --format=%H -- config/dapr-config.yaml); do
-    git show "$commit:config/dapr-config.yaml" 2>/dev/null | cmp -s - "$1" && return 0
-  done
-  return 1
-}
-
 setup_config() {
-  local target="$HOME/.dapr/config.yaml"
-  mkdir -p "$HOME/.dapr"
-  if [ ! -f "$target" ]; then
-    cp config/dapr-config.yaml "$target"
-    echo "    wrote $target"
-  elif cmp -s config/dapr-config.yaml "$target"; then
-    echo "    $target is current"
-  elif installed_by_us "$target"; then
-    cp config/dapr-config.yaml "$target"
-    echo "    updated $target (it was an earlier copy of config/dapr-config.yaml)"
-  else
-    echo "    $target is your own and was left alone; \`dapr run\` uses it, so tracing, metrics and"
-    echo "    workflow retention are as it says there, not as in config/dapr-config.yaml"
-  fi
+  mkdir -p .dapr
+  ln -sfn ../config/dapr-config.yaml .dapr/config.yaml
+  echo "    .dapr/config.yaml -> config/dapr-config.yaml"
 }
 
 main() {

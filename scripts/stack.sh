@@ -5,7 +5,10 @@
 #   placement  50005  actor placement (workflows run on actors)
 #   scheduler  50006  workflow timers and reminders, data in .run/data/scheduler
 #   zipkin     9411   traces
-# Usage: scripts/stack.sh up|down|status
+# Redis, placement, scheduler and Zipkin sit on the ports `dapr init` gives them. Where one already
+# answers there (a `dapr init` of yours, say), `up` uses it instead of starting one; with OWN_STACK=1
+# it starts all its own, and says which port to free. PostgreSQL is always the project's own.
+# Usage: [OWN_STACK=1] scripts/stack.sh up|down|status
 # Logs: .run/logs/<service>.log. `down` stops only the processes `up` started, by their pid files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +18,9 @@ source versions.env
 RUN_DIR="$PWD/.run"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
-DAPR_BIN="$HOME/.dapr/bin"
+DAPR_BIN="$PWD/.dapr/bin"
 POSTGRES_BIN="/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin"
-ZIPKIN_JAR="$HOME/.m2/repository/io/zipkin/zipkin-server/$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+ZIPKIN_JAR="$PWD/.cache/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 # PostgreSQL refuses to run as root: as root, its files and process belong to the `postgres` user
 # Debian's package creates (setpriv execs, so the pid `up` records is the server's own).
 POSTGRES_USER=()
@@ -42,7 +45,8 @@ port_of() {
   esac
 }
 
-# Health endpoints of placement and scheduler, moved off their default 8080 so apps can have it.
+# Health endpoints of placement and scheduler, moved off their default 8080 so apps can have it, to
+# where `dapr init` publishes its containers' own.
 health_port_of() {
   case "$1" in
     placement) echo 58080 ;;
@@ -85,21 +89,26 @@ command_of() {
   esac
 }
 
-missing_hint() {
-  echo "stack: $1 is not installed; run \`make setup\`" >&2
-  exit 1
-}
-
+# Fails, naming the fix, when the program that runs service $1 is not installed.
 check_installed() {
-  [ -x "$POSTGRES_BIN/postgres" ] || missing_hint "PostgreSQL $POSTGRESQL_MAJOR"
-  command -v redis-server >/dev/null || missing_hint redis-server
-  [ -x "$DAPR_BIN/placement" ] || missing_hint "$DAPR_BIN/placement"
-  [ -x "$DAPR_BIN/scheduler" ] || missing_hint "$DAPR_BIN/scheduler"
-  [ -f "$ZIPKIN_JAR" ] || missing_hint "the Zipkin jar"
+  command_of "$1"
+  if ! command -v "${cmd[0]}" >/dev/null || { [ "$1" = zipkin ] && [ ! -f "$ZIPKIN_JAR" ]; }; then
+    echo "stack: $1 is not installed ($([ "$1" = zipkin ] && echo "$ZIPKIN_JAR" || echo "${cmd[0]}") is missing); run \`make setup\`" >&2
+    exit 1
+  fi
 }
 
 is_listening() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+health_check_of() {
+  case "$1" in
+    postgres) echo "pg_isready on 55432" ;;
+    redis) echo "PING, without a password, answered PONG on 6379" ;;
+    placement | scheduler) echo "GET /healthz on $(health_port_of "$1")" ;;
+    zipkin) echo "GET /health on 9411" ;;
+  esac
 }
 
 healthy() {
@@ -126,21 +135,35 @@ running_pid() {
   fi
 }
 
-start() {
-  local name=$1 port started=$SECONDS pid p
-  port=$(port_of "$name")
-  pid=$(running_pid "$name")
-  if [ -n "$pid" ]; then
-    echo "  $name: already running (pid $pid, port $port)"
-    return
-  fi
-  for p in "$port" $(health_port_of "$name"); do
+# What `up` does for service $1: "running" (it started it earlier), "reuse" (another server answers
+# its health check on its ports, and OWN_STACK is not set) or "start" (its ports are free). Fails,
+# naming the port to free, otherwise; `up` asks this of every service before it starts any.
+plan_for() {
+  local name=$1 p
+  if [ -n "$(running_pid "$name")" ]; then echo running; return; fi
+  for p in $(port_of "$name") $(health_port_of "$name"); do
     if is_listening "$p"; then
-      echo "stack: port $p, which $name needs, is already taken by another process." >&2
-      echo "       Stop it (\`ss -ltnp 'sport = :$p'\` shows which), then run \`make up\` again." >&2
-      exit 1
+      if [ "$name" != postgres ] && [ -z "${OWN_STACK:-}" ] && healthy "$name"; then echo reuse; return; fi
+      port_taken "$name" "$p"
     fi
   done
+  check_installed "$name"
+  echo start
+}
+
+start() {
+  local name=$1 plan=$2 port started=$SECONDS pid
+  port=$(port_of "$name")
+  case "$plan" in
+    running)
+      echo "  $name: already running (pid $(running_pid "$name"), port $port)"
+      return
+      ;;
+    reuse)
+      echo "  $name: reusing the one already answering on 127.0.0.1:$port (not started here; \`make down\` leaves it)"
+      return
+      ;;
+  esac
   mkdir -p "$LOG_DIR" "$PID_DIR" "$RUN_DIR/data/redis" "$RUN_DIR/data/scheduler"
   local run_as=()
   if [ "$name" = postgres ]; then
@@ -165,6 +188,21 @@ start() {
   done
   [ "$name" != postgres ] || create_database
   echo "  $name: up on 127.0.0.1:$port (pid $pid, $((SECONDS - started))s)"
+}
+
+port_taken() {
+  local name=$1 port=$2
+  if [ -n "${OWN_STACK:-}" ] && [ "$name" != postgres ]; then
+    echo "stack: port $port, which $name needs, is taken. With OWN_STACK=1 (as \`make test\` sets it: its stories" >&2
+    echo "       stop and kill each service) the project starts its own of each. Free the port (\`ss -ltnp" >&2
+    echo "       'sport = :$port'\` shows what holds it; \`dapr init\`'s containers stop with \`docker stop" >&2
+    echo "       dapr_redis dapr_placement dapr_scheduler dapr_zipkin\`), then run it again." >&2
+  else
+    echo "stack: port $port, which $name needs, is taken, and what holds it fails $name's health check" >&2
+    echo "       ($(health_check_of "$name")). Stop it (\`ss -ltnp 'sport = :$port'\` shows which), then run" >&2
+    echo "       \`make up\` again." >&2
+  fi
+  exit 1
 }
 
 # A new cluster in $POSTGRES_DATA, once. Local connections need no password (trust), as Redis's
@@ -217,6 +255,8 @@ status() {
     elif [ -n "$pid" ]; then
       echo "  $name: running but not answering (pid $pid, log $LOG_DIR/$name.log)"
       state=1
+    elif [ "$name" != postgres ] && healthy "$name"; then
+      echo "  $name: healthy on 127.0.0.1:$(port_of "$name"), not started here (reused)"
     else
       echo "  $name: not running"
       state=1
@@ -227,9 +267,10 @@ status() {
 
 case "${1:-}" in
   up)
-    check_installed
+    declare -A plans
+    for name in "${SERVICES[@]}"; do plans[$name]=$(plan_for "$name") || exit 1; done
     echo "Starting the local stack (logs in $LOG_DIR):"
-    for name in "${SERVICES[@]}"; do start "$name"; done
+    for name in "${SERVICES[@]}"; do start "$name" "${plans[$name]}"; done
     ;;
   down)
     for name in zipkin scheduler placement redis postgres; do stop "$name"; done

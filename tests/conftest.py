@@ -29,7 +29,8 @@ from tests.pages import page_command, page_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTBOX = ROOT / "outbox.txt"
-DAPR_BIN = Path.home() / ".dapr" / "bin"
+# The project's own Dapr (scripts/setup.sh); the pages' `dapr` is .venv/bin/dapr, which runs it.
+DAPR_BIN = ROOT / ".dapr" / "bin"
 LOG_DIR = ROOT / ".run" / "test-logs"
 
 
@@ -172,7 +173,7 @@ def llm(llm_server: LLMServer) -> LLMServer:
 
 def user_env(llm_base_url: str) -> dict[str, str]:
     """A user's shell that followed the README, with the LLM pointed at `llm_base_url`."""
-    shell = {**os.environ, "PATH": f"{DAPR_BIN}:{os.environ['PATH']}"}
+    shell = dict(os.environ)
     activated = subprocess.run(
         ["bash", "-c", f"{ACTIVATE} && printenv PATH"], cwd=ROOT, env=shell, capture_output=True, text=True
     )

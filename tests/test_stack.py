@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,35 +103,3 @@ def test_redis_keeps_an_append_only_file_and_zipkin_answers() -> None:
     assert redis_cli("ping").strip() == "PONG"
     assert redis_cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
     assert requests.get("http://127.0.0.1:9411/health", timeout=5).json()["status"] == "UP"
-
-
-def test_setup_installs_the_dapr_config_updates_its_own_earlier_copy_and_leaves_a_users_alone(
-    tmp_path: Path,
-) -> None:
-    env = {**os.environ, "HOME": str(tmp_path)}
-    installed = tmp_path / ".dapr" / "config.yaml"
-    shipped = (ROOT / "config" / "dapr-config.yaml").read_text()
-
-    subprocess.run([str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True)
-    assert installed.read_text() == shipped
-
-    commits = subprocess.run(
-        ["git", "log", "--format=%H", "--", "config/dapr-config.yaml"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.split()
-    first = subprocess.run(
-        ["git", "show", f"{commits[-1]}:config/dapr-config.yaml"], cwd=ROOT, capture_output=True, text=True
-    ).stdout
-    assert first != shipped
-    installed.write_text(first)
-    updated = subprocess.run(
-        [str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True, text=True
-    )
-    assert installed.read_text() == shipped
-    assert "updated" in updated.stdout
-
-    installed.write_text("# my own\n")
-    again = subprocess.run(
-        [str(ROOT / "scripts" / "setup.sh"), "config"], env=env, check=True, capture_output=True, text=True
-    )
-    assert installed.read_text() == "# my own\n"
-    assert "left alone" in again.stdout

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".cache" / "k8s" / "bin"
 KUBECONFIG = ROOT / ".run" / "k8s" / "admin.kubeconfig"
-DAPR = Path.home() / ".dapr" / "bin" / "dapr"
+DAPR = ROOT / ".dapr" / "bin" / "dapr"  # the project's CLI (scripts/setup.sh)
 PINS = dict(
     line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line and not line.startswith("#")
 )
