@@ -11,6 +11,9 @@ export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_T
 
 .PHONY: help setup up down status run serve serve-tool test lint bench images k8s-up k8s-down k8s-status k8s-test
 
+# Targets that set up first say only what they install or build, not what is already in place.
+run serve serve-tool test bench images: export SETUP_QUIET := 1
+
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 

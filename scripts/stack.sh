@@ -5,15 +5,19 @@
 #   placement  50005  actor placement (workflows run on actors)
 #   scheduler  50006  workflow timers and reminders, data in .run/data/scheduler
 #   zipkin     9411   traces
+#   model      58000  the local model, llama.cpp's OpenAI-compatible server (config/local-model.env), when
+#                     `make setup` installed it (it does unless OPENAI_API_KEY was set)
 # Redis, placement, scheduler and Zipkin sit on the ports `dapr init` gives them. Where one already
 # answers there (a `dapr init` of yours, say), `up` uses it instead of starting one; with OWN_STACK=1
-# it starts all its own, and says which port to free. PostgreSQL is always the project's own.
+# it starts all its own, and says which port to free. PostgreSQL and the model are always the project's own.
 # Usage: [OWN_STACK=1] scripts/stack.sh up|down|status
 # Logs: .run/logs/<service>.log. `down` stops only the processes `up` started, by their pid files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../versions.env
 source versions.env
+# shellcheck source=../config/local-model.env
+source config/local-model.env
 
 RUN_DIR="$PWD/.run"
 LOG_DIR="$RUN_DIR/logs"
@@ -31,7 +35,9 @@ POSTGRES_DATA="$RUN_DIR/data/postgres"
 if [ ${#POSTGRES_USER[@]} -gt 0 ] && ! "${POSTGRES_USER[@]}" test -x "$PWD"; then
   POSTGRES_DATA="/var/lib/postgresql/tiniest-durable-agent-$(sha256sum <<<"$PWD" | cut -c1-12)"
 fi
-SERVICES=(postgres redis placement scheduler zipkin)
+MODEL_DIR="$PWD/.model"
+MODEL_FILE="$MODEL_DIR/${LOCAL_MODEL_FILE##*/}"
+SERVICES=(postgres redis placement scheduler zipkin model)
 cmd=()
 
 port_of() {
@@ -42,6 +48,7 @@ port_of() {
     placement) echo 50005 ;;
     scheduler) echo 50006 ;;
     zipkin) echo 9411 ;;
+    model) echo "$LOCAL_MODEL_PORT" ;;
   esac
 }
 
@@ -86,14 +93,29 @@ command_of() {
       cmd=(java -Xms64m -Xmx512m -jar "$ZIPKIN_JAR" --zipkin.storage.mem.max-spans=50000
         "--armeria.ports[0].ip=127.0.0.1" "--armeria.ports[0].port=9411" "--armeria.ports[0].protocols[0]=http")
       ;;
+    model)
+      # A context of 2048 tokens (the server's default, said here): a run's prompt is about 150.
+      cmd=("$MODEL_DIR/venv/bin/python" -m llama_cpp.server --model "$MODEL_FILE" --model_alias "$LOCAL_MODEL_NAME"
+        --host 127.0.0.1 --port "$LOCAL_MODEL_PORT" --n_ctx 2048)
+      ;;
   esac
 }
 
 # Fails, naming the fix, when the program that runs service $1 is not installed.
 check_installed() {
   command_of "$1"
-  if ! command -v "${cmd[0]}" >/dev/null || { [ "$1" = zipkin ] && [ ! -f "$ZIPKIN_JAR" ]; }; then
-    echo "stack: $1 is not installed ($([ "$1" = zipkin ] && echo "$ZIPKIN_JAR" || echo "${cmd[0]}") is missing); run \`make setup\`" >&2
+  local needed="${cmd[0]}"
+  case "$1" in
+    zipkin) needed=$ZIPKIN_JAR ;;
+    model) [ -x "${cmd[0]}" ] && needed=$MODEL_FILE ;;
+  esac
+  if [ ! -e "$needed" ] && ! command -v "$needed" >/dev/null; then
+    if [ "$1" = model ]; then
+      echo "stack: the local model is not installed ($needed is missing), and a run without OPENAI_API_KEY" >&2
+      echo "       needs it: run \`OPENAI_API_KEY= make setup\`" >&2
+    else
+      echo "stack: $1 is not installed ($needed is missing); run \`make setup\`" >&2
+    fi
     exit 1
   fi
 }
@@ -108,6 +130,7 @@ health_check_of() {
     redis) echo "PING, without a password, answered PONG on 6379" ;;
     placement | scheduler) echo "GET /healthz on $(health_port_of "$1")" ;;
     zipkin) echo "GET /health on 9411" ;;
+    model) echo "GET /v1/models on $LOCAL_MODEL_PORT" ;;
   esac
 }
 
@@ -117,6 +140,7 @@ healthy() {
     redis) [ "$(redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
     placement | scheduler) curl -fs -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
     zipkin) curl -fs -o /dev/null http://127.0.0.1:9411/health ;;
+    model) curl -fs -o /dev/null "http://127.0.0.1:$LOCAL_MODEL_PORT/v1/models" ;;
   esac
 }
 
@@ -143,10 +167,15 @@ plan_for() {
   if [ -n "$(running_pid "$name")" ]; then echo running; return; fi
   for p in $(port_of "$name") $(health_port_of "$name"); do
     if is_listening "$p"; then
-      if [ "$name" != postgres ] && [ -z "${OWN_STACK:-}" ] && healthy "$name"; then echo reuse; return; fi
+      if reusable "$name" && healthy "$name"; then echo reuse; return; fi
       port_taken "$name" "$p"
     fi
   done
+  # With a key, `make setup` does not build the local model, and nothing needs it.
+  if [ "$name" = model ] && [ -n "${OPENAI_API_KEY:-}" ] && [ -z "${OWN_STACK:-}" ] && [ ! -e "$MODEL_FILE" ]; then
+    echo absent
+    return
+  fi
   check_installed "$name"
   echo start
 }
@@ -157,6 +186,10 @@ start() {
   case "$plan" in
     running)
       echo "  $name: already running (pid $(running_pid "$name"), port $port)"
+      return
+      ;;
+    absent)
+      echo "  $name: not installed, and not needed: OPENAI_API_KEY is set"
       return
       ;;
     reuse)
@@ -190,9 +223,18 @@ start() {
   echo "  $name: up on 127.0.0.1:$port (pid $pid, $((SECONDS - started))s)"
 }
 
+# The services `dapr init` also runs, which `up` uses in place of its own unless OWN_STACK is set.
+from_dapr_init() {
+  case "$1" in redis | placement | scheduler | zipkin) return 0 ;; *) return 1 ;; esac
+}
+
+reusable() {
+  [ -z "${OWN_STACK:-}" ] && from_dapr_init "$1"
+}
+
 port_taken() {
   local name=$1 port=$2
-  if [ -n "${OWN_STACK:-}" ] && [ "$name" != postgres ]; then
+  if [ -n "${OWN_STACK:-}" ] && from_dapr_init "$name"; then
     echo "stack: port $port, which $name needs, is taken. With OWN_STACK=1 (as \`make test\` sets it: its stories" >&2
     echo "       stop and kill each service) the project starts its own of each. Free the port (\`ss -ltnp" >&2
     echo "       'sport = :$port'\` shows what holds it; \`dapr init\`'s containers stop with \`docker stop" >&2
@@ -255,7 +297,7 @@ status() {
     elif [ -n "$pid" ]; then
       echo "  $name: running but not answering (pid $pid, log $LOG_DIR/$name.log)"
       state=1
-    elif [ "$name" != postgres ] && healthy "$name"; then
+    elif from_dapr_init "$name" && healthy "$name"; then
       echo "  $name: healthy on 127.0.0.1:$(port_of "$name"), not started here (reused)"
     else
       echo "  $name: not running"
@@ -273,7 +315,7 @@ case "${1:-}" in
     for name in "${SERVICES[@]}"; do start "$name" "${plans[$name]}"; done
     ;;
   down)
-    for name in zipkin scheduler placement redis postgres; do stop "$name"; done
+    for name in model zipkin scheduler placement redis postgres; do stop "$name"; done
     ;;
   status) status ;;
   *)

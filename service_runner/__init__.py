@@ -10,6 +10,8 @@
 - dapr_client: one Dapr client for the process, handed to dapr-agents;
 - grpc_spans: spans of the agent's calls to its sidecar, made only when the agent traces;
 - subscription_fix: a fix of the Dapr Python SDK's subscription start;
+- llm_refusals: a request the LLM refuses (a prompt over its context, say) ends the run at once;
+- tracing_warnings: two warnings of dapr-agents' tracing about conditions it handles, dropped;
 - tool_calls: the idempotency key of the tool call a tool is running for.
 """
 

@@ -22,11 +22,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-import service_runner.subscription_fix  # noqa: F401  (applied on import)
+from service_runner import subscription_fix, tracing_warnings  # noqa: F401  (each applied on import)
 from service_runner.approvals import Approvals
 from service_runner.dapr_client import SharedDaprClient
 from service_runner.grpc_spans import only_when_traced
 from service_runner.http_door import APPROVAL_PATH, JOB_PATH, HttpDoor
+from service_runner.llm_refusals import end_runs_the_llm_refuses
 from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.schedules import ScheduleFileError, Schedules
 from service_runner.stream_keys import StreamKeys
@@ -60,6 +61,7 @@ class ServiceRunner(AgentRunner):
         # Streamed runs go over a pub/sub component of their own (resources/agent-stream.yaml).
         agent.execution.stream_listener = {"type": "pubsub", "pubsub_name": STREAM_PUBSUB}
         name_tool_calls(agent)
+        end_runs_the_llm_refuses(agent)
         only_when_traced(agent)
         self._dapr.hand_to(agent)
         approvals = Approvals(agent, self._workflows, self._dapr()) if agent.tools else None

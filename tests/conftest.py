@@ -119,6 +119,24 @@ def stack_up() -> None:
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], check=True, capture_output=True)
 
 
+# The local model `make up` serves (config/local-model.env), and its server's access log.
+LOCAL_MODEL = dict(
+    line.split("=", 1) for line in (ROOT / "config" / "local-model.env").read_text().splitlines() if "=" in line
+)
+MODEL_LOG = ROOT / ".run" / "logs" / "model.log"
+
+
+def model_calls() -> list[int]:
+    """The status of every chat completion the local model's server has answered, oldest first."""
+    lines = MODEL_LOG.read_text(errors="replace").splitlines() if MODEL_LOG.exists() else []
+    return [int(m[1]) for line in lines if (m := re.search(r'"POST /v1/chat/completions HTTP/1.1" (\d{3})', line))]
+
+
+def local_model_env() -> dict[str, str]:
+    """A user's shell that followed the README with no OPENAI_ variables: the local model answers."""
+    return {k: v for k, v in user_env("unused").items() if not k.startswith("OPENAI_")}
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -144,6 +162,7 @@ def stack() -> None:
         ("placement on 50005", lambda: port_open(50005)),
         ("scheduler on 50006", lambda: port_open(50006)),
         ("Zipkin on 9411", _zipkin_healthy),
+        ("the local model on 58000", lambda: port_open(int(LOCAL_MODEL["LOCAL_MODEL_PORT"]))),
     ):
         if not ready():
             pytest.fail(f"{what} is not answering: run `make up` (or `make test`)", pytrace=False)

@@ -1,0 +1,151 @@
+"""With no key, a real model answers: the README's service on the local model `make up` serves
+(llama.cpp's OpenAI-compatible server and SmolLM2-135M-Instruct), not on the stand-in.
+
+The model's words are its own: the stories assert structure and counts, never what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from tests.conftest import (
+    LOCAL_MODEL,
+    ROOT,
+    SERVICE,
+    TASK,
+    DaprRun,
+    DaprRuns,
+    answer_of,
+    instance_with_task,
+    local_model_env,
+    model_calls,
+    post_run,
+    publish,
+    wait_for,
+    wait_for_outcome,
+)
+from tests.test_streaming import STREAM_CURL, chunks_of
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from workflow_history import fetch_history
+
+
+@pytest.fixture
+def start_local_service() -> Iterator[Callable[[], DaprRun]]:
+    """The README's service command in a shell with no OPENAI_ variables."""
+    services = DaprRuns(SERVICE, "local-model-service")
+    yield lambda: services.start(local_model_env())
+    services.stop_all()
+
+
+@pytest.fixture
+def local_service(start_local_service: Callable[[], DaprRun]) -> DaprRun:
+    return start_local_service()
+
+
+def new_calls(before: int) -> list[int]:
+    return model_calls()[before:]
+
+
+def test_a_run_posted_with_no_key_completes_with_the_local_models_answer_in_one_call(local_service: DaprRun) -> None:
+    before = len(model_calls())
+
+    outcome = wait_for_outcome(post_run(TASK)["status_url"], timeout=120)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    answer = answer_of(outcome).strip()
+    assert answer and answer != TASK
+    assert new_calls(before) == [200]
+
+
+def test_a_streamed_run_on_the_local_model_carries_its_answer(local_service: DaprRun) -> None:
+    before = len(model_calls())
+
+    streamed = subprocess.run(shlex.split(STREAM_CURL), capture_output=True, text=True, timeout=120)
+
+    assert streamed.returncode == 0, streamed.stderr
+    chunks = chunks_of(streamed.stdout, sse=False)
+    assert [chunk["type"] for chunk in chunks] == ["start", "turn_complete", "session_complete"], chunks
+    assert chunks[1]["complete_message"]["content"].strip() not in ("", TASK)
+    assert new_calls(before) == [200]
+
+
+def test_a_task_published_with_no_key_runs_once_on_the_local_model(local_service: DaprRun) -> None:
+    task = f"Write a haiku about queues ({uuid.uuid4().hex[:8]})."
+    before = len(model_calls())
+
+    published = publish(task, local_model_env())
+
+    assert published.returncode == 0, published.stderr
+    instance_id = wait_for(lambda: instance_with_task(task), 60, "the published task's run")
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=120)
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert answer_of(outcome).strip() not in ("", task)
+    assert new_calls(before) == [200]
+
+
+def llm_step_scheduled(instance_id: str) -> bool:
+    try:
+        events = fetch_history(instance_id)
+    except Exception:  # the run is not scheduled yet
+        return False
+    scheduled = (e.taskScheduled.name for e in events if e.WhichOneof("eventType") == "taskScheduled")
+    return any(name.endswith("call_llm") for name in scheduled)
+
+
+def test_the_agent_killed_during_the_local_models_answer_completes_the_run_once(
+    start_local_service: Callable[[], DaprRun],
+) -> None:
+    service = start_local_service()
+    # A long answer: the model writes for several seconds (8 to 20 s measured), long enough to kill in.
+    task = f"Write a 400-word story about a programmer who never sleeps ({uuid.uuid4().hex[:8]})."
+    before = len(model_calls())
+    instance_id = post_run(task)["instance_id"]
+    wait_for(lambda: llm_step_scheduled(instance_id), 60, "the run's LLM step")
+    time.sleep(1)  # the step has sent its request: the model is writing
+
+    os.kill(service.sidecar["appPid"], signal.SIGKILL)
+    wait_for(lambda: service.process.poll() is not None, 30, "`dapr run` to end after the kill")
+    service = start_local_service()
+
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", timeout=240)
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
+    assert [m["role"] for m in entry["messages"]] == ["user", "assistant"]
+    assert entry["messages"][1]["content"] == answer_of(outcome)
+    wait_for(lambda: len(new_calls(before)) >= 2, 60, "the interrupted call to be logged")
+    assert new_calls(before) == [200, 200]  # the interrupted call, and the step's one re-run
+
+
+def test_a_task_longer_than_the_models_context_ends_failed_with_the_servers_reason_without_retrying_for_minutes(
+    local_service: DaprRun,
+) -> None:
+    """llama.cpp's server refuses a prompt over its context window (2048 tokens, scripts/stack.sh) with
+    a 400. Dapr's resiliency tries the call 9 times; the step is not retried (service_runner/llm_refusals.py)."""
+    task = "Summarize this text: " + " ".join(f"word{n}" for n in range(3000))  # about 14,000 tokens
+    before = len(model_calls())
+
+    outcome = wait_for_outcome(post_run(task)["status_url"], timeout=120)
+
+    assert outcome["runtime_status"] == "FAILED", outcome
+    message = outcome["failure_details"]["message"]
+    assert "The LLM refused the request" in message and "maximum context length is 2048 tokens" in message, message
+    assert new_calls(before) == [400] * 9, new_calls(before)
+    time.sleep(5)
+    assert len(new_calls(before)) == 9, "the model was still being called after the run failed"
+
+
+def test_the_server_serves_the_model_the_launcher_names() -> None:
+    """.venv/bin/dapr hands the sidecar LOCAL_MODEL_NAME as OPENAI_MODEL; the server answers to it."""
+    listed = requests.get(f"http://127.0.0.1:{LOCAL_MODEL['LOCAL_MODEL_PORT']}/v1/models", timeout=5).json()
+    assert [model["id"] for model in listed["data"]] == [LOCAL_MODEL["LOCAL_MODEL_NAME"]]
