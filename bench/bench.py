@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.workflow_history import fetch_history  # noqa: E402
 from tests.conftest import (  # noqa: E402
     ONE_SHOT,
+    PORT_TAKEN,
     SERVICE,
     SERVICE_URL,
     TASK,
@@ -342,9 +343,9 @@ def at_model_latency(command: str, name: str, env: dict[str, str], llm: LLMServe
     return levels
 
 
-def one_shot_phases(env: dict[str, str], llm: LLMServer) -> dict[str, float]:
+def one_shot_phases(env: dict[str, str], llm: LLMServer, tries: int = 2) -> dict[str, float]:
     """Seconds from start to: sidecar ready, agent ready (its workflow worker connected), first LLM
-    request, exit."""
+    request, exit. A run whose sidecar lost a port `dapr run` picked to another process is run again."""
     llm.state.requests.clear()
     started = time.monotonic()
     phases: dict[str, float] = {}
@@ -357,16 +358,20 @@ def one_shot_phases(env: dict[str, str], llm: LLMServer) -> dict[str, float]:
                     phases["agent ready"] = time.monotonic() - started
             time.sleep(0.02)
 
+    output: list[str] = []
     with subprocess.Popen(
         shlex.split(ONE_SHOT), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         for line in process.stdout or []:
+            output.append(line)
             if port := re.search(r"HTTP Port: (\d+)", line):
                 threading.Thread(target=watch_for_the_agent, args=(port[1],), daemon=True).start()
             if "Dapr sidecar is up and running" in line:
                 phases["sidecar ready"] = time.monotonic() - started
     phases["exit"] = time.monotonic() - started
-    assert process.returncode == 0, f"the one-shot exited with {process.returncode}"
+    if process.returncode != 0 and PORT_TAKEN in "".join(output) and tries > 1:
+        return one_shot_phases(env, llm, tries - 1)
+    assert process.returncode == 0, f"the one-shot exited with {process.returncode}:\n{''.join(output[-60:])}"
     phases["first LLM request"] = min(r.received_at for r in llm.state.chat_requests()) - started
     return phases
 

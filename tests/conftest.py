@@ -127,9 +127,16 @@ MODEL_LOG = ROOT / ".run" / "logs" / "model.log"
 
 
 def model_calls() -> list[int]:
-    """The status of every chat completion the local model's server has answered, oldest first."""
+    """The status of every chat completion the local model's server has answered, oldest first. A call
+    whose caller left before the answer is not among them (uvicorn logs a response once sent)."""
     lines = MODEL_LOG.read_text(errors="replace").splitlines() if MODEL_LOG.exists() else []
     return [int(m[1]) for line in lines if (m := re.search(r'"POST /v1/chat/completions HTTP/1.1" (\d{3})', line))]
+
+
+def model_generations() -> int:
+    """How many answers the local model has written, whether or not anyone was left to read them."""
+    text = MODEL_LOG.read_text(errors="replace") if MODEL_LOG.exists() else ""
+    return len(re.findall(r"^llama_perf_context_print: +total time", text, re.MULTILINE))
 
 
 def local_model_env() -> dict[str, str]:

@@ -166,7 +166,7 @@ def test_make_run_and_the_service_use_dapr_inits_services_and_leave_its_home_and
     assert made.returncode == 0, output
     for name, port in USERS_PORTS.items():
         assert f"  {name}: reusing the one already answering on 127.0.0.1:{port}" in output, output
-    assert "  postgres: up on 127.0.0.1:55432" in output, output
+    assert "  postgres: up on 127.0.0.1:55432" in output and "  model: up on 127.0.0.1:58000" in output, output
     assert HAIKU.splitlines()[0] in output and "Workflow id: " in output, output
 
     service = DaprRun(SERVICE, env, "beside-dapr-init")
@@ -179,11 +179,12 @@ def test_make_run_and_the_service_use_dapr_inits_services_and_leave_its_home_and
 
     stopped = subprocess.run(["make", "down"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     # `make down` stops what `make up` started, and only that.
-    assert [line.split(" (")[0] for line in stopped.stdout.splitlines()] == ["  postgres: stopped"], stopped.stdout
+    stopped_lines = [line.split(" (")[0] for line in stopped.stdout.splitlines()]
+    assert stopped_lines == ["  model: stopped", "  postgres: stopped"], stopped.stdout
     # Asked for its own stack while the user's holds the ports, `make up` starts nothing and names the first.
     own = subprocess.run(OWN_STACK.split(), cwd=ROOT, env=env, capture_output=True, text=True)
     assert own.returncode != 0 and "stack: port 6379, which redis needs, is taken." in own.stderr, own
-    assert not port_open(55432)
+    assert not port_open(55432) and not port_open(58000)
 
     for name, process in users_services.items():
         assert process.poll() is None and healthy(name), f"the user's {name} did not survive the story"
