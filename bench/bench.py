@@ -43,12 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from scripts.workflow_history import fetch_history  # noqa: E402
 from tests.conftest import (  # noqa: E402
+    LOCAL_MODEL,
     ONE_SHOT,
     PORT_TAKEN,
     SERVICE,
     SERVICE_URL,
     TASK,
     DaprRun,
+    local_model_env,
     peak_rss_mb,
     post_run,
     psql,
@@ -72,10 +74,12 @@ class Plan:
     storage_runs: int
     model_latency_s: float  # "At a real model's latency": the LLM's answer time there
     model_levels: tuple[int, ...]  # runs in flight there; each level runs twice as many runs
+    local_runs: int  # "The local model": haikus asked of it directly, then as many runs through the service
+    local_at_once: int  # then this many runs at once
 
 
-FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000, 2.0, (1, 16, 64, 256))
-SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10, 0.2, (1, 4))
+FULL = Plan((0.0, 0.5), 30, (1, 8, 32), 4, 3, 3, 1000, 2.0, (1, 16, 64, 256), 10, 4)
+SMOKE = Plan((0.0,), 3, (1, 8), 1, 1, 1, 10, 0.2, (1, 4), 2, 2)
 
 
 # The local stack's processes (scripts/stack.sh, whose pid files these are), beside the app and daprd.
@@ -374,6 +378,62 @@ def one_shot_phases(env: dict[str, str], llm: LLMServer, tries: int = 2) -> dict
     assert process.returncode == 0, f"the one-shot exited with {process.returncode}:\n{''.join(output[-60:])}"
     phases["first LLM request"] = min(r.received_at for r in llm.state.chat_requests()) - started
     return phases
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """The local model (docs/local-model.md) on its own, and the agent's runs on it."""
+
+    direct_s: list[float]  # a chat completion of the task, asked of the server directly
+    completion_tokens: list[int]
+    runs_s: list[float]  # a run through the service, POST /run to COMPLETED, one at a time
+    at_once: int
+    at_once_runs_per_s: float
+    at_once_s: list[float]  # each run's time with `at_once` in flight
+
+    def section(self) -> str:
+        overhead = statistics.median(self.runs_s) - statistics.median(self.direct_s)
+        tokens_per_s = sum(self.completion_tokens) / sum(self.direct_s)
+        return f"""## The local model, with no key
+
+{LOCAL_MODEL["LOCAL_MODEL_NAME"]} on llama.cpp's server (docs/local-model.md): the task asked of the server
+directly {len(self.direct_s)} times, then run through the service as many times, one at a time, then
+{len(self.at_once_s)} runs with {self.at_once} at once. Its answers differ in length from one to the next.
+
+| | p50 s | p95 s |
+| --- | --- | --- |
+| the model alone (a chat completion) | {percentile(self.direct_s, 50):.2f} | {percentile(self.direct_s, 95):.2f} |
+| a run through the service | {percentile(self.runs_s, 50):.2f} | {percentile(self.runs_s, 95):.2f} |
+| {self.at_once} runs at once, each | {percentile(self.at_once_s, 50):.2f} | {percentile(self.at_once_s, 95):.2f} |
+
+The model wrote a median of {statistics.median(self.completion_tokens):.0f} tokens per answer, {tokens_per_s:.0f}
+tokens/s with the prompt's reading included. The agent's overhead against it, the difference of the
+medians: {overhead * 1000:.0f} ms. With {self.at_once} at once, {self.at_once_runs_per_s:.2f} runs/s: the server
+answers one request at a time, so the runs take turns at the model.
+"""
+
+
+def measure_local_model(plan: Plan) -> LocalModel:
+    url = f"http://127.0.0.1:{LOCAL_MODEL['LOCAL_MODEL_PORT']}/v1/chat/completions"
+    messages = [{"role": "system", "content": "You are a helpful assistant"}, {"role": "user", "content": TASK}]
+    direct, tokens = [], []
+    for _ in range(plan.local_runs):
+        started = time.perf_counter()
+        answer = requests.post(url, json={"model": "local", "messages": messages}, timeout=120).json()
+        direct.append(time.perf_counter() - started)
+        tokens.append(answer["usage"]["completion_tokens"])
+    service = DaprRun(SERVICE, local_model_env(), "bench-local-model")
+    try:
+        service.wait_until_ready(SERVICE_URL)
+        timed_run()  # warm-up
+        runs = [timed_run()[1] for _ in range(plan.local_runs)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=plan.local_at_once) as pool:
+            at_once = list(pool.map(lambda _: timed_run()[1], range(plan.local_at_once * 2)))
+        rate = len(at_once) / (time.perf_counter() - started)
+    finally:
+        service.stop()
+    return LocalModel(direct, tokens, runs, plan.local_at_once, rate, at_once)
 
 
 def import_seconds() -> float:
@@ -686,6 +746,7 @@ def main() -> None:
     phases = [one_shot_phases(env, llm) for _ in range(plan.one_shots)]
     imports = [import_seconds() for _ in range(plan.one_shots)]
     llm.stop()
+    local = measure_local_model(plan)
     write_results(
         args.out,
         plan,
@@ -708,6 +769,7 @@ def main() -> None:
         model,
         retention,
         stores,
+        local,
     )
 
 
@@ -737,6 +799,7 @@ def write_results(
     model: dict[str, list[Level]],
     retention: AfterRetention,
     stores: dict[str, StoreFigures],
+    local: LocalModel,
 ) -> None:
     versions = dict(
         line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if line[:1].isupper()
@@ -975,6 +1038,7 @@ the sidecar (`workflows.connectedWorkers` in the sidecar's metadata).
 `dapr run` starts the app once the sidecar is up, so the agent's wait is mostly Python starting:
 `python -c "import dapr_agents"` alone takes {spread(imports)} s.
 
+{local.section()}
 ## Against the goals
 
 | goal | measured | reached |

@@ -95,8 +95,10 @@ command_of() {
       ;;
     model)
       # A context of 2048 tokens (the server's default, said here): a run's prompt is about 150.
+      # chatml-function-calling: SmolLM2 speaks ChatML, and with this format the server answers a
+      # request that offers tools with OpenAI's tool_calls (the tool agent's), by a grammar.
       cmd=("$MODEL_DIR/venv/bin/python" -m llama_cpp.server --model "$MODEL_FILE" --model_alias "$LOCAL_MODEL_NAME"
-        --host 127.0.0.1 --port "$LOCAL_MODEL_PORT" --n_ctx 2048)
+        --host 127.0.0.1 --port "$LOCAL_MODEL_PORT" --n_ctx 2048 --chat_format chatml-function-calling)
       ;;
   esac
 }

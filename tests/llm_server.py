@@ -159,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if not self.path.rstrip("/").endswith("/chat/completions"):
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            self._send_json(404, _error(f"no route {self.path}", "invalid_request_error"))
             return
         if time.monotonic() < self.server.state.down_until:
             self.close_connection = True
@@ -169,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError as exc:
-            self._send_json(400, {"error": {"message": f"body is not JSON: {exc}", "type": "invalid_request_error"}})
+            self._send_json(400, _error(f"body is not JSON: {exc}", "invalid_request_error"))
             return
         state = self.server.state
         with state.lock:
@@ -186,13 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, state: FakeOpenAI, body: dict[str, Any], fault: Fault | None) -> None:
         if not self.headers.get("Authorization", "").startswith("Bearer "):
-            self._send_json(401, {"error": {"message": "missing API key", "type": "invalid_request_error"}})
+            self._send_json(401, _error("missing API key", "invalid_request_error", code="invalid_api_key"))
             return
         if fault and fault.release:
             while not fault.release.wait(0.1) and not self.server.stopping.is_set():
                 pass
         if fault and fault.status:
-            self._send_json(fault.status, {"error": {"message": f"injected {fault.status}", "type": "server_error"}})
+            self._send_json(fault.status, _error(f"injected {fault.status}", "server_error"))
             return
         with state.lock:
             gathering = state.gathering
@@ -204,6 +204,12 @@ class _Handler(BaseHTTPRequestHandler):
         message = _tool_step(body) or {"role": "assistant", "content": _structured_reply(body) or state.reply}
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion_tokens = len((message["content"] or json.dumps(message.get("tool_calls"))).split())
+        finish_reason = "tool_calls" if "tool_calls" in message else "stop"
+        # As a real server does: an answer longer than max_tokens is cut there (a word is a token here).
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if finish_reason == "stop" and isinstance(max_tokens, int) and completion_tokens > max_tokens:
+            message["content"] = " ".join(message["content"].split()[:max_tokens])
+            completion_tokens, finish_reason = max_tokens, "length"
         self._send_json(
             200,
             {
@@ -215,7 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": message,
-                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
                     }
                 ],
                 "usage": {
@@ -225,6 +232,11 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             },
         )
+
+
+def _error(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
+    """An error body with the four fields OpenAI and llama.cpp's server send."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class _Server(ThreadingHTTPServer):

@@ -55,5 +55,9 @@ def test_a_smoke_run_of_the_benchmark_writes_results_and_a_plot(dapr_env: dict[s
             cpu = r"\d+ / \d+ / \d+ / \d+ \| \d+%"
             row = rf"\| {re.escape(service)} \| {level} \| [\d.]+ \| [\d.]+ / [\d.]+ \| (\d+) \| {cpu} \| agent \d+"
             assert re.search(row, results), (row, results)
+    # The local model: its own time and speed, and the agent's runs on it, one and two at a time.
+    assert re.search(r"\| the model alone \(a chat completion\) \| [\d.]+ \| [\d.]+ \|", results), results
+    assert re.search(r"\| a run through the service \| [\d.]+ \| [\d.]+ \|", results)
+    assert re.search(r"median of \d+ tokens per answer, \d+\s+tokens/s", results), results
     plot = (tmp_path / "latency.png").read_bytes()
     assert plot.startswith(b"\x89PNG") and len(plot) > 20_000

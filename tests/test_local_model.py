@@ -6,23 +6,25 @@ The model's words are its own: the stories assert structure and counts, never wh
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 import requests
 
+from scripts.workflow_history import fetch_history
 from tests.conftest import (
     LOCAL_MODEL,
-    ROOT,
     SERVICE,
+    SERVICE_URL,
     TASK,
     DaprRun,
     DaprRuns,
@@ -36,10 +38,11 @@ from tests.conftest import (
     wait_for,
     wait_for_outcome,
 )
+from tests.pages import page_command
 from tests.test_streaming import STREAM_CURL, chunks_of
+from tests.test_tool_approval import APPROVE, TOOL_SERVICE, curl, published, start_task, waiting_approval
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from workflow_history import fetch_history
+LIST_MODELS = page_command("curl http://127.0.0.1:58000/v1/models")
 
 
 @pytest.fixture
@@ -149,7 +152,32 @@ def test_a_task_longer_than_the_models_context_ends_failed_with_the_servers_reas
     assert len(new_calls(before)) == 9, "the model was still being called after the run failed"
 
 
-def test_the_server_serves_the_model_the_launcher_names() -> None:
+def test_the_tool_agent_on_the_local_model_asks_for_its_tool_and_one_approval_runs_it_once(outbox: Path) -> None:
+    """The server's chatml-function-calling format (scripts/stack.sh) lets the 135M model call a tool.
+    What it does with the result varies: it may answer, or ask for the tool again (docs/tool-and-approval.md);
+    the story approves the first call only, then ends the run."""
+    services = DaprRuns(TOOL_SERVICE, "local-model-tool-service")
+    try:
+        services.start({**local_model_env(), "APPROVAL_TIMEOUT_SECONDS": "600"})
+        instance_id = start_task(f"Write a haiku about programming and publish it ({uuid.uuid4().hex[:8]}).")
+        approval = waiting_approval(instance_id)
+        assert approval["step_name"] == "publish_haiku" and isinstance(approval["tool_arguments"]["haiku"], str)
+        assert published(instance_id) == 0
+
+        curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
+
+        wait_for(lambda: published(instance_id) == 1, 60, "the approved tool call to run")
+        ended = requests.post(f"{SERVICE_URL}/agent/instances/{instance_id}/terminate", timeout=30)
+        assert ended.status_code in (200, 409), ended.text  # 409: the model answered, and the run had ended
+        assert wait_for_outcome(f"/agent/instances/{instance_id}", 60)["runtime_status"] in ("COMPLETED", "TERMINATED")
+        assert published(instance_id) == 1
+    finally:
+        services.stop_all()
+
+
+def test_the_pages_curl_lists_the_model_the_launcher_names() -> None:
     """.venv/bin/dapr hands the sidecar LOCAL_MODEL_NAME as OPENAI_MODEL; the server answers to it."""
-    listed = requests.get(f"http://127.0.0.1:{LOCAL_MODEL['LOCAL_MODEL_PORT']}/v1/models", timeout=5).json()
-    assert [model["id"] for model in listed["data"]] == [LOCAL_MODEL["LOCAL_MODEL_NAME"]]
+    listed = subprocess.run(shlex.split(LIST_MODELS), capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert [model["id"] for model in json.loads(listed.stdout)["data"]] == [LOCAL_MODEL["LOCAL_MODEL_NAME"]]
+    assert f":{LOCAL_MODEL['LOCAL_MODEL_PORT']}/" in LIST_MODELS
