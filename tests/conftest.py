@@ -197,9 +197,15 @@ def llm(llm_server: LLMServer) -> LLMServer:
     return llm_server
 
 
+# What a make recipe's environment has and a user's shell has not: a `make run` a story starts would
+# otherwise print make's "Entering directory" lines, and set up loudly or quietly by the outer make's say.
+MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "SETUP_QUIET")
+
+
 def user_env(llm_base_url: str) -> dict[str, str]:
     """A user's shell that followed the README, with the LLM pointed at `llm_base_url`."""
-    shell = dict(os.environ)
+    # As a user's shell has it: without what `make test` sets for its own recipes.
+    shell = {k: v for k, v in os.environ.items() if k not in MAKE_ONLY}
     activated = subprocess.run(
         ["bash", "-c", f"{ACTIVATE} && printenv PATH"], cwd=ROOT, env=shell, capture_output=True, text=True
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
 import pytest
+from dapr_agents.agents.configs import WorkflowRetryPolicy
 
 from tests.conftest import DaprRun, answer_of, calls_for, post_run, wait_for_outcome
 from tests.llm_server import HAIKU, LLMServer
@@ -71,3 +73,33 @@ def test_a_permanently_failing_llm_ends_the_run_as_failed_with_the_reason(servic
     calls = calls_for(llm, task)
     time.sleep(10)
     assert calls_for(llm, task) == calls, "the LLM was still being called after the run failed"
+
+
+def test_a_request_the_llm_refuses_ends_the_run_at_once_with_its_reason(service: DaprRun, llm: LLMServer) -> None:
+    """A 400 (a prompt over the context, say) is the same on every try: the sidecar's resiliency tries
+    the call 9 times, and the step is not retried (service_runner/llm_refusals.py); before, 27 calls."""
+    llm.state.fail_next(1000, 400)
+    task = unique_task()
+
+    outcome = wait_for_outcome(post_run(task)["status_url"], timeout=120)
+
+    assert outcome["runtime_status"] == "FAILED"
+    message = outcome["failure_details"]["message"]
+    assert "The LLM refused the request" in message and "status code: 400" in message, message
+    assert calls_for(llm, task) == 9
+    time.sleep(5)
+    assert calls_for(llm, task) == 9, "the LLM was still being called after the run failed"
+
+
+def test_dapr_agents_still_retries_every_failed_llm_step_so_llm_refusals_is_still_needed() -> None:
+    """dapr-agents 1.0.9 retries a failed step 3 times, whatever failed, and has no way to name errors
+    it should not retry. If either changes, service_runner/llm_refusals.py may be replaced by its setting."""
+    assert WorkflowRetryPolicy().max_attempts == 3
+    names = [field.name for field in dataclasses.fields(WorkflowRetryPolicy)]
+    assert names == [
+        "max_attempts",
+        "initial_backoff_seconds",
+        "max_backoff_seconds",
+        "backoff_multiplier",
+        "retry_timeout",
+    ]

@@ -14,7 +14,9 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -40,7 +42,7 @@ from tests.conftest import (
 )
 from tests.pages import page_command
 from tests.test_streaming import STREAM_CURL, chunks_of
-from tests.test_tool_approval import APPROVE, TOOL_SERVICE, curl, published, start_task, waiting_approval
+from tests.test_tool_approval import APPROVE, TOOL_SERVICE, curl, listed_for, published, start_task
 
 LIST_MODELS = page_command("curl http://127.0.0.1:58000/v1/models")
 
@@ -112,8 +114,8 @@ def test_the_agent_killed_during_the_local_models_answer_completes_the_run_once(
     start_local_service: Callable[[], DaprRun],
 ) -> None:
     service = start_local_service()
-    # A long answer: the model writes for several seconds (8 to 20 s measured), long enough to kill in.
-    task = f"Write a 400-word story about a programmer who never sleeps ({uuid.uuid4().hex[:8]})."
+    # A longer answer than a haiku: the model writes for seconds (3 to 26 s measured), long enough to kill in.
+    task = f"Write a 100-word story about a programmer who never sleeps ({uuid.uuid4().hex[:8]})."
     before, written_before = len(model_calls()), model_generations()
     instance_id = post_run(task)["instance_id"]
     wait_for(lambda: llm_step_scheduled(instance_id), 60, "the run's LLM step")
@@ -128,10 +130,11 @@ def test_the_agent_killed_during_the_local_models_answer_completes_the_run_once(
     entry = service.get_state("agent-workflow", f"assistant:_workflow_{instance_id}")
     assert [m["role"] for m in entry["messages"]] == ["user", "assistant"]
     assert entry["messages"][1]["content"] == answer_of(outcome)
-    # The model wrote twice: the interrupted answer (its caller gone, so never delivered) and the step's
-    # one re-run, which the run completed with.
-    assert model_generations() - written_before == 2
+    # One answer delivered, the one the run completed with. The model wrote more: the interrupted answer,
+    # to its end (llama.cpp does not stop for a caller that left), then the step's re-run, queued behind
+    # it; a re-run queued past the LLM's 60 s timeout (resources/resiliency.yaml) is tried once more.
     assert new_calls(before) == [200]
+    assert model_generations() - written_before >= 2
 
 
 def test_a_task_longer_than_the_models_context_ends_failed_with_the_servers_reason_without_retrying_for_minutes(
@@ -152,19 +155,36 @@ def test_a_task_longer_than_the_models_context_ends_failed_with_the_servers_reas
     assert len(new_calls(before)) == 9, "the model was still being called after the run failed"
 
 
+def approval_or_end(instance_id: str) -> tuple[str, dict[str, Any]] | None:
+    """What the run waits for: ("approval", the approval it waits for), ("ended", its status), or None yet."""
+    if listed := listed_for(instance_id):
+        return "approval", listed[0]
+    response = requests.get(f"{SERVICE_URL}/agent/instances/{instance_id}", timeout=30)
+    if response.status_code == 200 and response.json()["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED"):
+        return "ended", response.json()
+    return None
+
+
 def test_the_tool_agent_on_the_local_model_asks_for_its_tool_and_one_approval_runs_it_once(outbox: Path) -> None:
-    """The server's chatml-function-calling format (scripts/stack.sh) lets the 135M model call a tool.
-    What it does with the result varies: it may answer, or ask for the tool again (docs/tool-and-approval.md);
-    the story approves the first call only, then ends the run."""
+    """The server's chatml-function-calling format (scripts/stack.sh) lets the 135M model call a tool,
+    not always: some runs it answers in words, or writes arguments that are not JSON, which dapr-agents
+    drops. The story gives it up to 5 tasks, approves the first call it asks for, and ends that run."""
     services = DaprRuns(TOOL_SERVICE, "local-model-tool-service")
+    tries: list[str] = []
     try:
         services.start({**local_model_env(), "APPROVAL_TIMEOUT_SECONDS": "600"})
-        instance_id = start_task(f"Write a haiku about programming and publish it ({uuid.uuid4().hex[:8]}).")
-        approval = waiting_approval(instance_id)
-        assert approval["step_name"] == "publish_haiku" and isinstance(approval["tool_arguments"]["haiku"], str)
+        while len(tries) < 5:
+            instance_id = start_task(f"Write a haiku about programming and publish it ({uuid.uuid4().hex[:8]}).")
+            kind, found = wait_for(partial(approval_or_end, instance_id), 120, f"run {instance_id} to ask or end")
+            tries.append(kind)
+            if kind == "approval":
+                break
+        print(f"\nthe model asked for the tool on try {len(tries)} of up to 5: {tries}")
+        assert tries[-1] == "approval", tries
+        assert found["step_name"] == "publish_haiku" and isinstance(found["tool_arguments"]["haiku"], str)
         assert published(instance_id) == 0
 
-        curl(APPROVE, **{"approval-id": approval["approval_request_id"]})
+        curl(APPROVE, **{"approval-id": found["approval_request_id"]})
 
         wait_for(lambda: published(instance_id) == 1, 60, "the approved tool call to run")
         ended = requests.post(f"{SERVICE_URL}/agent/instances/{instance_id}/terminate", timeout=30)

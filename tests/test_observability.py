@@ -8,6 +8,7 @@ import subprocess
 
 import requests
 
+from service_runner.tracing_warnings import ALREADY_INSTRUMENTED, NO_CONTEXT
 from tests.conftest import (
     ROOT,
     SERVICE_URL,
@@ -39,6 +40,8 @@ def test_with_agent_tracing_one_trace_shows_the_request_the_workflow_the_llm_cal
         traced.stop()
     # The agent's settings did not reach the sidecar: it tried no OTLP export of its own.
     assert "traces export" not in traced.log()
+    # Nor did dapr-agents' warnings about conditions it handles reach the log (service_runner/tracing_warnings.py).
+    assert ALREADY_INSTRUMENTED not in traced.log() and NO_CONTEXT not in traced.log()
 
     by_service: dict[str, set[str]] = {}
     for span in trace:
