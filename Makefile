@@ -17,10 +17,10 @@ run serve serve-tool test bench images: export SETUP_QUIET := 1
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install Python deps, build Dapr from Go modules, Redis, Zipkin, Chromium (idempotent)
+setup: ## Install Python deps, Dapr (built from Go modules), the local model, PostgreSQL, Redis, Zipkin, Chromium (idempotent)
 	@scripts/setup.sh
 
-up: ## Start PostgreSQL, Redis, placement, scheduler, Zipkin (reusing yours from `dapr init`; OWN_STACK=1: never)
+up: ## Start PostgreSQL, Redis, placement, scheduler, Zipkin, the local model (reusing yours from `dapr init`; OWN_STACK=1: never)
 	@scripts/stack.sh up
 
 down: ## Stop what `make up` started
@@ -29,7 +29,7 @@ down: ## Stop what `make up` started
 status: ## Show whether each local service answers
 	@scripts/stack.sh status
 
-run: setup up ## The one-shot: the agent writes a haiku through a durable workflow (no key: echo)
+run: setup up ## The one-shot: the agent writes a haiku through a durable workflow (no key: the local model)
 	@scripts/run-one-shot.sh
 
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic

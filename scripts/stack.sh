@@ -126,13 +126,12 @@ is_listening() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# What `up` asks of a server it finds on the port of a service `dapr init` also runs.
 health_check_of() {
   case "$1" in
-    postgres) echo "pg_isready on 55432" ;;
     redis) echo "PING, without a password, answered PONG on 6379" ;;
     placement | scheduler) echo "GET /healthz on $(health_port_of "$1")" ;;
     zipkin) echo "GET /health on 9411" ;;
-    model) echo "GET /v1/models on $LOCAL_MODEL_PORT" ;;
   esac
 }
 
@@ -162,8 +161,9 @@ running_pid() {
 }
 
 # What `up` does for service $1: "running" (it started it earlier), "reuse" (another server answers
-# its health check on its ports, and OWN_STACK is not set) or "start" (its ports are free). Fails,
-# naming the port to free, otherwise; `up` asks this of every service before it starts any.
+# its health check on its ports, and OWN_STACK is not set), "absent" (the model, not installed, with
+# a key set) or "start" (its ports are free). Fails, naming the port to free, otherwise; `up` asks
+# this of every service before it starts any.
 plan_for() {
   local name=$1 p
   if [ -n "$(running_pid "$name")" ]; then echo running; return; fi
@@ -236,7 +236,10 @@ reusable() {
 
 port_taken() {
   local name=$1 port=$2
-  if [ -n "${OWN_STACK:-}" ] && from_dapr_init "$name"; then
+  if ! from_dapr_init "$name"; then
+    echo "stack: port $port, which $name needs, is already taken by another process." >&2
+    echo "       Stop it (\`ss -ltnp 'sport = :$port'\` shows which), then run \`make up\` again." >&2
+  elif [ -n "${OWN_STACK:-}" ]; then
     echo "stack: port $port, which $name needs, is taken. With OWN_STACK=1 (as \`make test\` sets it: its stories" >&2
     echo "       stop and kill each service) the project starts its own of each. Free the port (\`ss -ltnp" >&2
     echo "       'sport = :$port'\` shows what holds it; \`dapr init\`'s containers stop with \`docker stop" >&2
