@@ -408,7 +408,8 @@ directly {len(self.direct_s)} times, then run through the service as many times,
 
 The model wrote a median of {statistics.median(self.completion_tokens):.0f} tokens per answer, {tokens_per_s:.0f}
 tokens/s with the prompt's reading included. The agent's overhead against it, the difference of the
-medians (the agent's prompt is the longer, its system prompt naming the agent, its role and the date): {overhead * 1000:.0f} ms. With {self.at_once} at once, {self.at_once_runs_per_s:.2f} runs/s: the server
+medians (the agent's prompt is the longer, its system prompt naming the agent, its role and the date):
+{overhead * 1000:.0f} ms. With {self.at_once} at once, {self.at_once_runs_per_s:.2f} runs/s: the server
 answers one request at a time, so the runs take turns at the model.
 """
 
