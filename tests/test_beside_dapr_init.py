@@ -28,6 +28,7 @@ from tests.conftest import (
     port_open,
     post_run,
     redis_cli,
+    stack_up,
     user_env,
     wait_for,
     wait_for_outcome,
@@ -147,7 +148,7 @@ def users_services(tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], env={**os.environ, "OWN_STACK": "1"}, check=True)
+        stack_up()  # nothing is left to reuse: it starts the session's stack again
 
 
 def test_make_run_and_the_service_use_dapr_inits_services_and_leave_its_home_and_processes_as_they_were(
