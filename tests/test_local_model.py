@@ -196,8 +196,10 @@ def test_the_tool_agent_on_the_local_model_asks_for_its_tool_and_one_approval_ru
 
 
 def test_the_pages_curl_lists_the_model_the_launcher_names() -> None:
-    """.venv/bin/dapr hands the sidecar LOCAL_MODEL_NAME as OPENAI_MODEL; the server answers to it."""
-    listed = subprocess.run(shlex.split(LIST_MODELS), capture_output=True, text=True, timeout=30)
+    """.venv/bin/dapr hands the sidecar LOCAL_MODEL_NAME as OPENAI_MODEL; the server answers to it.
+    The server answers this behind any generation still running (a run the story before terminated
+    goes on generating, up to the 2048-token context), hence a timeout past one full context."""
+    listed = subprocess.run(shlex.split(LIST_MODELS), capture_output=True, text=True, timeout=180)
     assert listed.returncode == 0, listed.stderr
     assert [model["id"] for model in json.loads(listed.stdout)["data"]] == [LOCAL_MODEL["LOCAL_MODEL_NAME"]]
     assert f":{LOCAL_MODEL['LOCAL_MODEL_PORT']}/" in LIST_MODELS
