@@ -12,10 +12,12 @@
 - subscription_fix: a fix of the Dapr Python SDK's subscription start;
 - llm_refusals: a request the LLM refuses (a prompt over its context, say) ends the run at once;
 - tracing_warnings: two warnings of dapr-agents' tracing about conditions it handles, dropped;
-- tool_calls: the idempotency key of the tool call a tool is running for.
+- tool_calls: the idempotency key of the tool call a tool is running for;
+- mcp_approvals: human approval for the MCP tools named in the file of MCP servers.
 """
 
+from service_runner.mcp_approvals import ApprovalsNamedIn
 from service_runner.runner import ServiceRunner
 from service_runner.tool_calls import tool_call_key
 
-__all__ = ["ServiceRunner", "tool_call_key"]
+__all__ = ["ApprovalsNamedIn", "ServiceRunner", "tool_call_key"]

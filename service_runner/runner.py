@@ -8,8 +8,9 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import grpc
@@ -28,6 +29,8 @@ from service_runner.dapr_client import SharedDaprClient
 from service_runner.grpc_spans import only_when_traced
 from service_runner.http_door import APPROVAL_PATH, JOB_PATH, HttpDoor
 from service_runner.llm_refusals import end_runs_the_llm_refuses
+from service_runner.mcp_after_listen import ToolsFirst, connect, servers_to_connect
+from service_runner.mcp_approvals import ApprovalsNamedIn
 from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.schedules import ScheduleFileError, Schedules
 from service_runner.stream_keys import StreamKeys
@@ -64,7 +67,8 @@ class ServiceRunner(AgentRunner):
         end_runs_the_llm_refuses(agent)
         only_when_traced(agent)
         self._dapr.hand_to(agent)
-        approvals = Approvals(agent, self._workflows, self._dapr()) if agent.tools else None
+        mcp_servers = servers_to_connect(agent)  # connected once the app listens (mcp_after_listen.py)
+        approvals = Approvals(agent, self._workflows, self._dapr()) if agent.tools or mcp_servers else None
         if approvals:
             approvals.record_requests()
         agent.start(runtime=self._runtime)  # before the base starts it with the SDK's 6-thread worker
@@ -83,10 +87,10 @@ class ServiceRunner(AgentRunner):
         _replace_route(app, f"{STATUS_PATH}/purge", self._purge(agent))
         app.add_api_route("/healthz", _serving, methods=["GET"], summary="Answers while the app serves")
         app.add_exception_handler(grpc.RpcError, _sidecar_failed)
-        server = uvicorn.Server(
-            uvicorn.Config(HttpDoor(app), host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001")))
-        )
-        asyncio.run(_serve(server))
+        connected = asyncio.Event()
+        door = ToolsFirst(HttpDoor(app), connected) if mcp_servers else HttpDoor(app)
+        server = uvicorn.Server(uvicorn.Config(door, host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001"))))
+        asyncio.run(_serve(server, partial(_connect_tools, agent, connected) if mcp_servers else None))
         return app
 
     async def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
@@ -220,9 +224,30 @@ class ServiceRunner(AgentRunner):
         return state
 
 
-async def _serve(server: uvicorn.Server) -> None:
+async def _serve(server: uvicorn.Server, once_listening: Callable[[], Awaitable[None]] | None = None) -> None:
     asyncio.get_running_loop().set_default_executor(event_loop_executor())
-    await server.serve()
+    serving = asyncio.create_task(server.serve())
+    while once_listening and not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if once_listening and server.started:
+        try:
+            await once_listening()
+        except BaseException:
+            server.should_exit = True
+            await serving
+            raise
+    await serving
+
+
+async def _connect_tools(agent: DurableAgent, connected: asyncio.Event) -> None:
+    """The MCP servers' tools, checked against the approvals the file of servers names."""
+    await connect(agent)
+    tools = agent.tool_executor.get_tool_names()
+    hooks = getattr(agent, "_hooks", None)  # dapr-agents 1.0.9 keeps them only there
+    for hook in hooks.before_tool_call if hooks else []:
+        if isinstance(hook, ApprovalsNamedIn):
+            hook.check(tools)
+    connected.set()
 
 
 async def _sidecar_failed(request: Request, error: Exception) -> JSONResponse:

@@ -193,6 +193,7 @@ def llm(llm_server: LLMServer) -> LLMServer:
         state.down_until = 0.0
         state.reply = HAIKU
         state.gathering = None
+        state.tool_call = None
     state.reset_counts()
     return llm_server
 

@@ -72,6 +72,8 @@ class FakeOpenAI:
     in_flight: int = 0  # chat requests received and not yet answered
     most_in_flight: int = 0
     gathering: Gathering | None = None
+    # The tool call to ask for when it is offered (name, arguments), instead of the first tool offered.
+    tool_call: tuple[str, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -120,24 +122,28 @@ def _structured_reply(body: dict[str, Any]) -> str | None:
     return json.dumps(answer)
 
 
-def _tool_step(body: dict[str, Any]) -> dict[str, Any] | None:
+def _tool_step(body: dict[str, Any], chosen: tuple[str, dict[str, Any]] | None) -> dict[str, Any] | None:
     """The assistant message a model that uses tools gives, when the request offers tools.
 
-    Offered tools and not yet called, it calls the first one, with the haiku for each string
-    argument; told a tool's result, it answers with it. As OpenAI's Chat Completions does, a call is
-    an assistant message with `tool_calls` (arguments as a JSON string), and a result arrives as a
-    `tool` message naming the call's id.
+    Offered tools and not yet called, it calls the `chosen` one when offered, else the first one with
+    the haiku for each string argument; told a tool's result, it answers with it. As OpenAI's Chat
+    Completions does, a call is an assistant message with `tool_calls` (arguments as a JSON string),
+    and a result arrives as a `tool` message naming the call's id.
     """
     messages = body.get("messages") or []
     if not body.get("tools") or not messages:
         return None
     if messages[-1].get("role") == "tool":
         return {"role": "assistant", "content": f"The tool answered: {messages[-1].get('content')}"}
-    function = body["tools"][0]["function"]
-    parameters = function.get("parameters", {}).get("properties", {})
-    arguments = {name: HAIKU for name, schema in parameters.items() if schema.get("type") == "string"}
     call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
-    call["function"] = {"name": function["name"], "arguments": json.dumps(arguments)}
+    offered = [tool["function"]["name"] for tool in body["tools"]]
+    if chosen and chosen[0] in offered:
+        call["function"] = {"name": chosen[0], "arguments": json.dumps(chosen[1])}
+    else:
+        function = body["tools"][0]["function"]
+        parameters = function.get("parameters", {}).get("properties", {})
+        arguments = {name: HAIKU for name, schema in parameters.items() if schema.get("type") == "string"}
+        call["function"] = {"name": function["name"], "arguments": json.dumps(arguments)}
     return {"role": "assistant", "content": None, "tool_calls": [call]}
 
 
@@ -201,7 +207,10 @@ class _Handler(BaseHTTPRequestHandler):
                 state.changed.notify_all()
                 state.changed.wait(0.1)
         time.sleep(state.latency_s)
-        message = _tool_step(body) or {"role": "assistant", "content": _structured_reply(body) or state.reply}
+        message = _tool_step(body, state.tool_call) or {
+            "role": "assistant",
+            "content": _structured_reply(body) or state.reply,
+        }
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion_tokens = len((message["content"] or json.dumps(message.get("tool_calls"))).split())
         finish_reason = "tool_calls" if "tool_calls" in message else "stop"
