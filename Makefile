@@ -9,10 +9,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # dapr-agents' own spans, sent to the same Zipkin as the sidecar's; for the app only (docs/observability.md).
 export AGENT_TRACING := OTEL_SDK_DISABLED=false OTEL_TRACING_ENABLED=true OTEL_TRACES_EXPORTER=zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9411
 
-.PHONY: help setup up down status run serve serve-tool test lint bench images k8s-up k8s-down k8s-status k8s-test
+.PHONY: help setup up down status run serve serve-tool serve-mcp test lint bench images k8s-up k8s-down k8s-status k8s-test
 
 # Targets that set up first say only what they install or build, not what is already in place.
-run serve serve-tool test bench images: export SETUP_QUIET := 1
+run serve serve-tool serve-mcp test bench images: export SETUP_QUIET := 1
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic ass
 
 serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (docs/tool-and-approval.md)
 	dapr run --app-id durable-agent-tool --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_tool.py
+
+serve-mcp: setup up ## Serve the agent with the tools of the MCP servers in mcp/servers.yaml (docs/mcp.md)
+	dapr run --app-id durable-agent-mcp --resources-path ./resources --resources-path ./mcp --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_mcp.py
 
 test: setup lint ## Lint, then everything on the real stack: up (its own), pytest, down (down also on failure)
 	@OWN_STACK=1 scripts/stack.sh up

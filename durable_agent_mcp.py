@@ -6,7 +6,7 @@ from service_runner import ApprovalsNamedIn, ServiceRunner
 runner = ServiceRunner()
 agent = DurableAgent(
     name="Scribe",
-    system_prompt="You are a helpful assistant. Your journal is the git repository .mcp/journal.",
+    system_prompt="You are a helpful assistant",
     hooks=Hooks(before_tool_call=[ApprovalsNamedIn("mcp/servers.yaml")]),
 )
 agent.memory = None  # no per-run summary: nothing reads it back, and it would cost another LLM call

@@ -5,6 +5,8 @@
 #           they are the pinned versions, else built from Go modules; .venv/bin/dapr runs that CLI on them
 #   model   without OPENAI_API_KEY: llama.cpp's OpenAI-compatible server (compiled once) and a small model
 #           in .model/, which `make up` serves and .venv/bin/dapr points the LLM at
+#   mcp     the MCP servers of durable_agent_mcp.py (mcp/servers.yaml): Python ones from PyPI in
+#           .mcp/venv, npm ones from npm in .mcp/node
 #   postgres  PostgreSQL from Debian packages, the workflow's store
 #   redis   redis-server from Debian packages
 #   zipkin  the Zipkin server jar from Maven Central
@@ -299,6 +301,35 @@ setup_chromium() {
   chromium --version 2>/dev/null
 }
 
+# The Python servers in a virtualenv of their own: they want mcp>=2, dapr-agents pins mcp<2, and the
+# sidecar runs each server as a process of its own anyway. The npm ones from mcp/npm/package-lock.json.
+setup_mcp() {
+  local stamp=.mcp/venv/.requirements.sha256 lock_stamp=.mcp/node/.package-lock.sha256 wanted
+  wanted=$(sha256sum requirements-mcp.txt | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
+    current "    .mcp/venv matches requirements-mcp.txt"
+  else
+    echo "    installing the Python MCP servers (requirements-mcp.txt) into .mcp/venv"
+    rm -rf .mcp/venv
+    python3 -m venv .mcp/venv
+    with_heartbeat "pip install the MCP servers" .cache/pip-install-mcp.log \
+      .mcp/venv/bin/python -m pip install --progress-bar off -r requirements-mcp.txt
+    echo "$wanted" >"$stamp"
+  fi
+  command -v node >/dev/null || { echo "    Node.js 20 or later is needed for the npm MCP servers (mcp/npm/package.json)" >&2; return 1; }
+  wanted=$(cat mcp/npm/package.json mcp/npm/package-lock.json | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$lock_stamp" 2>/dev/null)" = "$wanted" ]; then
+    current "    .mcp/node matches mcp/npm/package-lock.json"
+    return
+  fi
+  echo "    installing the npm MCP servers (mcp/npm/package-lock.json) into .mcp/node"
+  rm -rf .mcp/node
+  mkdir -p .mcp/node
+  cp mcp/npm/package.json mcp/npm/package-lock.json .mcp/node/
+  with_heartbeat "npm ci the MCP servers" .cache/npm-ci-mcp.log npm ci --prefix .mcp/node --no-audit --no-fund
+  echo "$wanted" >"$lock_stamp"
+}
+
 setup_zipkin() {
   if [ -f "$ZIPKIN_JAR" ]; then
     current "    $ZIPKIN_JAR"
@@ -321,13 +352,14 @@ setup_config() {
 main() {
   mkdir -p .cache
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(python dapr model postgres redis zipkin chromium config)
+  [ ${#steps[@]} -gt 0 ] || steps=(python dapr model mcp postgres redis zipkin chromium config)
   local started=$SECONDS name
   for name in "${steps[@]}"; do
     case "$name" in
       python) step "python venv" setup_python ;;
       dapr) setup_dapr ;;
       model) step "local model" setup_model ;;
+      mcp) step "mcp servers" setup_mcp ;;
       postgres) step "postgresql $POSTGRESQL_MAJOR" setup_postgres ;;
       redis) step "redis" setup_redis ;;
       zipkin) step "zipkin $ZIPKIN_VERSION" setup_zipkin ;;

@@ -29,7 +29,7 @@ from service_runner.dapr_client import SharedDaprClient
 from service_runner.grpc_spans import only_when_traced
 from service_runner.http_door import APPROVAL_PATH, JOB_PATH, HttpDoor
 from service_runner.llm_refusals import end_runs_the_llm_refuses
-from service_runner.mcp_after_listen import ToolsFirst, connect, servers_to_connect
+from service_runner.mcp_after_listen import ToolsFirst, connect, hold_start, servers_to_connect
 from service_runner.mcp_approvals import ApprovalsNamedIn
 from service_runner.once_only import OncePerMessageClient, run_id
 from service_runner.schedules import ScheduleFileError, Schedules
@@ -68,6 +68,7 @@ class ServiceRunner(AgentRunner):
         only_when_traced(agent)
         self._dapr.hand_to(agent)
         mcp_servers = servers_to_connect(agent)  # connected once the app listens (mcp_after_listen.py)
+        start_worker = hold_start(self._runtime) if mcp_servers else None
         approvals = Approvals(agent, self._workflows, self._dapr()) if agent.tools or mcp_servers else None
         if approvals:
             approvals.record_requests()
@@ -90,7 +91,7 @@ class ServiceRunner(AgentRunner):
         connected = asyncio.Event()
         door = ToolsFirst(HttpDoor(app), connected) if mcp_servers else HttpDoor(app)
         server = uvicorn.Server(uvicorn.Config(door, host="127.0.0.1", port=int(os.getenv("APP_PORT", "8001"))))
-        asyncio.run(_serve(server, partial(_connect_tools, agent, connected) if mcp_servers else None))
+        asyncio.run(_serve(server, partial(_connect_tools, agent, start_worker, connected) if start_worker else None))
         return app
 
     async def run_stream(self, agent: DurableAgent, payload: Any = None, **options: Any) -> AsyncIterator[Any]:
@@ -239,14 +240,15 @@ async def _serve(server: uvicorn.Server, once_listening: Callable[[], Awaitable[
     await serving
 
 
-async def _connect_tools(agent: DurableAgent, connected: asyncio.Event) -> None:
-    """The MCP servers' tools, checked against the approvals the file of servers names."""
+async def _connect_tools(agent: DurableAgent, start_worker: Callable[[], None], connected: asyncio.Event) -> None:
+    """The MCP servers' tools, checked against the approvals the file of servers names; then the runs."""
     await connect(agent)
     tools = agent.tool_executor.get_tool_names()
     hooks = getattr(agent, "_hooks", None)  # dapr-agents 1.0.9 keeps them only there
     for hook in hooks.before_tool_call if hooks else []:
         if isinstance(hook, ApprovalsNamedIn):
             hook.check(tools)
+    await asyncio.to_thread(start_worker)
     connected.set()
 
 

@@ -42,7 +42,7 @@ from tests.conftest import (
 from tests.llm_server import HAIKU, LLMServer
 
 TOOL_SERVICE = page_command("dapr run --app-id durable-agent-tool", containing="-p 8001")
-POST_TASK = page_command("curl -X POST http://localhost:8001/run")
+POST_TASK = page_command("curl -X POST http://localhost:8001/run", containing="publish it")
 LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
 APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
 DENY = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": false')

@@ -1,0 +1,267 @@
+"""Tools from real MCP servers: durable_agent_mcp.py with the time and memory reference servers (docs/mcp.md).
+
+The stand-in LLM asks for the calls; the servers are the ones `make setup` installs, started by the
+sidecar from mcp/servers.yaml. A story counts a write by the entities in the memory server's file,
+.mcp/memory.jsonl, named with its own marker. To have a call in flight for as long as it likes, a
+story stops the server (SIGSTOP): the sidecar's request waits, unread, in the server's stdin.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import termios
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    ROOT,
+    DaprRun,
+    DaprRuns,
+    answer_of,
+    calls_for,
+    page_command,
+    wait_for,
+    wait_for_outcome,
+)
+from tests.llm_server import HAIKU, LLMServer
+from tests.test_tool_approval import curl
+
+MCP_SERVICE = page_command("dapr run --app-id durable-agent-mcp")
+ASK_TIME = page_command("curl -X POST http://localhost:8001/run", containing="Tokyo")
+ASK_TO_REMEMBER = page_command("curl -X POST http://localhost:8001/run", containing="remember")
+LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
+APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
+SHOW_MEMORY = page_command("cat .mcp/memory.jsonl")
+SERVERS = ROOT / "mcp" / "servers.yaml"
+MEMORY = ROOT / ".mcp" / "memory.jsonl"
+TOKYO = ("get_current_time", {"timezone": "Asia/Tokyo"})
+NOW_IN_TOKYO = '"timezone": "Asia/Tokyo"'  # in the tool's structured result
+
+
+def remember(marker: str) -> tuple[str, dict[str, Any]]:
+    return "create_entities", {
+        "entities": [{"name": f"haiku {marker}", "entityType": "haiku", "observations": [HAIKU]}]
+    }
+
+
+def remembered(marker: str) -> list[dict[str, Any]]:
+    """The entities named with `marker` in the memory server's file, as the page's `cat` shows it."""
+    shown = subprocess.run(shlex.split(SHOW_MEMORY), cwd=ROOT, capture_output=True, text=True, timeout=30)
+    lines = shown.stdout.splitlines() if shown.returncode == 0 else []
+    return [e for e in map(json.loads, lines) if e["type"] == "entity" and e["name"] == f"haiku {marker}"]
+
+
+def unread_bytes_on_stdin(pid: int) -> int:
+    """What the sidecar has written to the server's stdin that the server has not read."""
+    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    finally:
+        os.close(fd)
+
+
+def start_task(command: str) -> str:
+    return curl(command)["instance_id"]
+
+
+def approval_for(instance_id: str) -> dict[str, Any]:
+    def listed() -> dict[str, Any] | None:
+        return next((a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id), None)
+
+    return wait_for(listed, 60, f"run {instance_id} to wait for an approval")
+
+
+def entry(service: DaprRun, instance_id: str) -> list[dict[str, Any]]:
+    return service.get_state("agent-workflow", f"scribe:_workflow_{instance_id}")["messages"]
+
+
+def server_pid(name: str) -> int:
+    """The pid of the MCP server the sidecar started with `name` in its command line."""
+
+    def found() -> int | None:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    command = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if any(part.endswith(f"/{name}".encode()) for part in command[:2]):
+                    return int(proc.name)
+        return None
+
+    return wait_for(found, 30, f"the {name} process")
+
+
+@pytest.fixture
+def start_mcp_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
+    services = DaprRuns(MCP_SERVICE, "mcp-service")
+    yield lambda: services.start({**dapr_env, "APPROVAL_TIMEOUT_SECONDS": "600"})
+    services.stop_all()
+
+
+@pytest.fixture
+def memory() -> Iterator[Path]:
+    """The memory server's file, put back as it was after the story."""
+    kept = MEMORY.read_bytes() if MEMORY.exists() else None
+    yield MEMORY
+    MEMORY.unlink(missing_ok=True)
+    if kept is not None:
+        MEMORY.write_bytes(kept)
+
+
+def test_a_read_tools_result_reaches_the_model_and_the_runs_entry(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    service = start_mcp_service()
+    llm.state.tool_call = TOKYO
+
+    instance_id = start_task(ASK_TIME)
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert calls_for(llm, "What time is it in Tokyo?") == 2
+    told = llm.state.chat_requests()[-1].body["messages"][-1]
+    assert told["role"] == "tool" and NOW_IN_TOKYO in told["content"] and '"datetime": "' in told["content"]
+    assert NOW_IN_TOKYO in answer_of(outcome)
+    messages = entry(service, instance_id)
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "get_current_time"
+    assert "Asia/Tokyo" in messages[2]["content"]
+
+
+def test_a_write_waits_for_its_approval_then_changes_the_servers_state_once(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer, memory: Path
+) -> None:
+    service = start_mcp_service()
+    marker = uuid.uuid4().hex[:8]
+    llm.state.tool_call = remember(marker)
+
+    instance_id = start_task(ASK_TO_REMEMBER)
+    approval = approval_for(instance_id)
+    assert approval["step_name"] == "create_entities"
+    assert remembered(marker) == []
+    curl(APPROVE.replace("<approval-id>", approval["approval_request_id"]))
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert remembered(marker) == [
+        {"type": "entity", "name": f"haiku {marker}", "entityType": "haiku", "observations": [HAIKU]}
+    ]
+    assert calls_for(llm, "remember it") == 2
+    assert f"haiku {marker}" in entry(service, instance_id)[2]["content"]  # the server's answer: what it created
+
+
+@pytest.mark.parametrize("victim", ["appPid", "daprdPid"])
+def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made_again(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer, memory: Path, victim: str
+) -> None:
+    """The call's result was never saved, so the restarted sidecar makes the call again: at least once.
+    The memory server keeps an entity once by name, so its state holds one; its answer to the second
+    call, nothing created, is the result the run saved. A tool that is not idempotent would write twice."""
+    service = start_mcp_service()
+    marker = uuid.uuid4().hex[:8]
+    llm.state.tool_call = remember(marker)
+    instance_id = start_task(ASK_TO_REMEMBER)
+    approval = approval_for(instance_id)
+    memory_server = server_pid("mcp-server-memory")
+    os.kill(memory_server, signal.SIGSTOP)
+    try:
+        curl(APPROVE.replace("<approval-id>", approval["approval_request_id"]))
+        wait_for(lambda: unread_bytes_on_stdin(memory_server) > 0, 60, "the approved call to reach the server")
+        os.kill(service.sidecar[victim], signal.SIGKILL)
+        wait_for(lambda: service.process.poll() is not None, 60, "`dapr run` to end after the kill")
+        service.stop()
+    finally:
+        os.kill(memory_server, signal.SIGCONT)  # it reads the call, writes, and finds no one to answer
+    wait_for(lambda: remembered(marker), 30, "the first call's write")
+
+    restarted = start_mcp_service()
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 180)
+
+    print("OUTCOME", outcome, "ENTRY", entry(restarted, instance_id))
+    saved = entry(restarted, instance_id)[2]["content"]
+    print(f"\nkilled {victim}: {len(remembered(marker))} entity, the saved result: {saved[:200]}")
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert len(remembered(marker)) == 1
+    assert f"haiku {marker}" not in saved  # the second call created nothing: the first one had
+    assert calls_for(llm, "remember it") == 2
+
+
+def test_a_server_killed_between_calls_is_started_again_and_the_call_made(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    start_mcp_service()
+    llm.state.tool_call = TOKYO
+    os.kill(server_pid("mcp-server-time"), signal.SIGKILL)
+
+    instance_id = start_task(ASK_TIME)
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert NOW_IN_TOKYO in answer_of(outcome)
+
+
+def test_a_hanging_server_is_given_30_seconds_then_the_model_is_told(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    start_mcp_service()
+    llm.state.tool_call = TOKYO
+    time_server = server_pid("mcp-server-time")
+    os.kill(time_server, signal.SIGSTOP)
+    try:
+        instance_id = start_task(ASK_TIME)
+        outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
+    finally:
+        os.kill(time_server, signal.SIGCONT)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert "deadline exceeded" in answer_of(outcome), answer_of(outcome)
+    assert calls_for(llm, "What time is it in Tokyo?") == 2
+
+
+@pytest.fixture
+def servers_file() -> Iterator[Path]:
+    """mcp/servers.yaml, put back as it was after the story changes it."""
+    kept = SERVERS.read_bytes()
+    yield SERVERS
+    SERVERS.write_bytes(kept)
+
+
+def failed_start(env: dict[str, str]) -> str:
+    """The log of the page's command, which must exit on its own."""
+    run = DaprRun(MCP_SERVICE, env, "mcp-service-refused")
+    try:
+        wait_for(lambda: run.process.poll() is not None, 90, "the MCP service to refuse to start")
+    finally:
+        run.stop()
+    return run.log()
+
+
+def test_a_server_that_cannot_start_stops_the_service_naming_it(dapr_env: dict[str, str], servers_file: Path) -> None:
+    servers_file.write_text(servers_file.read_text().replace('".mcp/journal"', '".mcp/no-such-journal"'))
+
+    log = failed_start(dapr_env)
+
+    assert 'MCPServer "git": failed to register workflows' in log, log[-3000:]
+
+
+def test_an_approval_naming_a_tool_no_server_offers_stops_the_service(
+    dapr_env: dict[str, str], servers_file: Path
+) -> None:
+    servers_file.write_text(
+        servers_file.read_text().replace("require-approval: git_commit", "require-approval: git_comit")
+    )
+
+    log = failed_start(dapr_env)
+
+    assert "names git_comit, which no server offers" in log, log[-3000:]
