@@ -302,7 +302,7 @@ setup_chromium() {
 }
 
 # The Python servers in a virtualenv of their own: they want mcp>=2, dapr-agents pins mcp<2, and the
-# sidecar runs each server as a process of its own anyway. The npm ones from mcp/npm/package-lock.json.
+# sidecar runs each server as a process of its own anyway. The npm ones from config/npm/package-lock.json.
 setup_mcp() {
   local stamp=.mcp/venv/.requirements.sha256 lock_stamp=.mcp/node/.package-lock.sha256 wanted
   wanted=$(sha256sum requirements-mcp.txt | cut -d' ' -f1)
@@ -316,16 +316,16 @@ setup_mcp() {
       .mcp/venv/bin/python -m pip install --progress-bar off -r requirements-mcp.txt
     echo "$wanted" >"$stamp"
   fi
-  command -v node >/dev/null || { echo "    Node.js 20 or later is needed for the npm MCP servers (mcp/npm/package.json)" >&2; return 1; }
-  wanted=$(cat mcp/npm/package.json mcp/npm/package-lock.json | sha256sum | cut -d' ' -f1)
+  command -v node >/dev/null || { echo "    Node.js 20 or later is needed for the npm MCP servers (config/npm/package.json)" >&2; return 1; }
+  wanted=$(cat config/npm/package.json config/npm/package-lock.json | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$lock_stamp" 2>/dev/null)" = "$wanted" ]; then
-    current "    .mcp/node matches mcp/npm/package-lock.json"
+    current "    .mcp/node matches config/npm/package-lock.json"
     return
   fi
-  echo "    installing the npm MCP servers (mcp/npm/package-lock.json) into .mcp/node"
+  echo "    installing the npm MCP servers (config/npm/package-lock.json) into .mcp/node"
   rm -rf .mcp/node
   mkdir -p .mcp/node
-  cp mcp/npm/package.json mcp/npm/package-lock.json .mcp/node/
+  cp config/npm/package.json config/npm/package-lock.json .mcp/node/
   with_heartbeat "npm ci the MCP servers" .cache/npm-ci-mcp.log npm ci --prefix .mcp/node --no-audit --no-fund
   echo "$wanted" >"$lock_stamp"
 }

@@ -188,7 +188,6 @@ def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made
     restarted = start_mcp_service()
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 180)
 
-    print("OUTCOME", outcome, "ENTRY", entry(restarted, instance_id))
     saved = entry(restarted, instance_id)[2]["content"]
     print(f"\nkilled {victim}: {len(remembered(marker))} entity, the saved result: {saved[:200]}")
     assert outcome["runtime_status"] == "COMPLETED", outcome
@@ -248,20 +247,22 @@ def failed_start(env: dict[str, str]) -> str:
 
 
 def test_a_server_that_cannot_start_stops_the_service_naming_it(dapr_env: dict[str, str], servers_file: Path) -> None:
-    servers_file.write_text(servers_file.read_text().replace('".mcp/journal"', '".mcp/no-such-journal"'))
+    servers_file.write_text(servers_file.read_text().replace('"UTC"', '"Mars/Olympus"'))
 
     log = failed_start(dapr_env)
 
-    assert 'MCPServer "git": failed to register workflows' in log, log[-3000:]
+    assert 'Fatal error from runtime: MCPServer \\"time\\": failed to register workflows' in log, log[-3000:]
+    # The sidecar keeps no server's stderr: the page's advice, running the command, shows why.
+    command = SERVERS.read_text().split("command: ")[1].split()[0]
+    told = subprocess.run([command, "--local-timezone", "Mars/Olympus"], cwd=ROOT, capture_output=True, text=True)
+    assert "invalid --local-timezone 'Mars/Olympus'" in told.stderr
 
 
 def test_an_approval_naming_a_tool_no_server_offers_stops_the_service(
     dapr_env: dict[str, str], servers_file: Path
 ) -> None:
-    servers_file.write_text(
-        servers_file.read_text().replace("require-approval: git_commit", "require-approval: git_comit")
-    )
+    servers_file.write_text(servers_file.read_text().replace("create_entities,", "create_entitys,"))
 
     log = failed_start(dapr_env)
 
-    assert "names git_comit, which no server offers" in log, log[-3000:]
+    assert "names create_entitys, which no server offers" in log, log[-3000:]
