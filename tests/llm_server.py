@@ -14,10 +14,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+ToolCall = tuple[str, dict[str, Any]]  # a tool's name and its arguments
 HAIKU = "Tabs and spaces war,\nthe compiler keeps its peace:\nbuild green at midnight."
 
 
@@ -72,8 +74,9 @@ class FakeOpenAI:
     in_flight: int = 0  # chat requests received and not yet answered
     most_in_flight: int = 0
     gathering: Gathering | None = None
-    # The tool call to ask for when it is offered (name, arguments), instead of the first tool offered.
-    tool_call: tuple[str, dict[str, Any]] | None = None
+    # The tool call to ask for when it is offered, instead of the first tool offered: (name, arguments),
+    # or a function of what the model was asked that gives them.
+    tool_call: ToolCall | Callable[[str], ToolCall] | None = None
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -122,7 +125,7 @@ def _structured_reply(body: dict[str, Any]) -> str | None:
     return json.dumps(answer)
 
 
-def _tool_step(body: dict[str, Any], chosen: tuple[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+def _tool_step(body: dict[str, Any], chosen: ToolCall | Callable[[str], ToolCall] | None) -> dict[str, Any] | None:
     """The assistant message a model that uses tools gives, when the request offers tools.
 
     Offered tools and not yet called, it calls the `chosen` one when offered, else the first one with
@@ -137,6 +140,8 @@ def _tool_step(body: dict[str, Any], chosen: tuple[str, dict[str, Any]] | None) 
         return {"role": "assistant", "content": f"The tool answered: {messages[-1].get('content')}"}
     call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
     offered = [tool["function"]["name"] for tool in body["tools"]]
+    if callable(chosen):
+        chosen = chosen(ChatRequest(headers={}, body=body).user_text)
     if chosen and chosen[0] in offered:
         call["function"] = {"name": chosen[0], "arguments": json.dumps(chosen[1])}
     else:

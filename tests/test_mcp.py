@@ -18,10 +18,12 @@ import subprocess
 import termios
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import (
     ROOT,
@@ -30,25 +32,28 @@ from tests.conftest import (
     answer_of,
     calls_for,
     page_command,
+    post_run,
     wait_for,
     wait_for_outcome,
 )
-from tests.llm_server import HAIKU, LLMServer
+from tests.llm_server import HAIKU, LLMServer, ToolCall
 from tests.test_tool_approval import curl
 
-MCP_SERVICE = page_command("dapr run --app-id durable-agent-mcp")
+MCP_SERVICE = page_command("dapr run --app-id durable-agent-mcp", containing="-p 8001")
+SECOND_REPLICA = page_command("dapr run --app-id durable-agent-mcp", containing="-p 8002")
 ASK_TIME = page_command("curl -X POST http://localhost:8001/run", containing="Tokyo")
 ASK_TO_REMEMBER = page_command("curl -X POST http://localhost:8001/run", containing="remember")
 LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
 APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
 SHOW_MEMORY = page_command("cat .mcp/memory.jsonl")
+FIRST, SECOND = "http://localhost:8001", "http://localhost:8002"
 SERVERS = ROOT / "mcp" / "servers.yaml"
 MEMORY = ROOT / ".mcp" / "memory.jsonl"
 TOKYO = ("get_current_time", {"timezone": "Asia/Tokyo"})
 NOW_IN_TOKYO = '"timezone": "Asia/Tokyo"'  # in the tool's structured result
 
 
-def remember(marker: str) -> tuple[str, dict[str, Any]]:
+def remember(marker: str) -> ToolCall:
     return "create_entities", {
         "entities": [{"name": f"haiku {marker}", "entityType": "haiku", "observations": [HAIKU]}]
     }
@@ -266,3 +271,52 @@ def test_an_approval_naming_a_tool_no_server_offers_stops_the_service(
     log = failed_start(dapr_env)
 
     assert "names create_entitys, which no server offers" in log, log[-3000:]
+
+
+def remember_the_marker(task: str) -> ToolCall:
+    """The write a task ending in `(<marker>)` asks for."""
+    return remember(task.rsplit("(", 1)[1].rstrip(").\n "))
+
+
+def test_two_replicas_take_tasks_and_approvals_through_either_and_each_write_is_made_once(
+    dapr_env: dict[str, str], llm: LLMServer, memory: Path
+) -> None:
+    """Each replica's sidecar starts servers of its own; both memory servers keep .mcp/memory.jsonl. The
+    approvals are given one at a time: the memory server reads the whole file and writes it back on
+    each write, so two at once could lose one (docs/mcp.md)."""
+    replicas = [(MCP_SERVICE, FIRST), (SECOND_REPLICA, SECOND)]
+    started = [
+        DaprRun(command, {**dapr_env, "APPROVAL_TIMEOUT_SECONDS": "600"}, "mcp-replica") for command, _ in replicas
+    ]
+    try:
+        for run, (_, url) in zip(started, replicas, strict=True):
+            run.wait_until_ready(url)
+        llm.state.tool_call = remember_the_marker
+        batch = uuid.uuid4().hex[:6]
+        markers = [f"{batch}-{n}" for n in range(6)]
+        posted = {
+            marker: post_run(f"Write a haiku about programming and remember it ({marker}).", url)["instance_id"]
+            for marker, (_, url) in zip(markers, replicas * 3, strict=True)
+        }
+        for n, instance_id in enumerate(posted.values()):
+            via = replicas[(n + 1) % 2][1]  # the other replica than the one the task was posted to
+            approval = wait_for(partial(waiting, via, instance_id), 60, f"{via} to list run {instance_id}'s approval")
+            url = f"{via}/hitl/approvals/{approval['approval_request_id']}/respond"
+            answer = requests.post(url, json={"approved": True}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120, service_url=via)
+            assert outcome["runtime_status"] == "COMPLETED", outcome
+    finally:
+        for run in started:
+            run.stop()
+
+    counts = {marker: len(remembered(marker)) for marker in markers}
+    print(f"\nentities per run, tasks and approvals spread over two replicas: {counts}")
+    assert counts == dict.fromkeys(markers, 1)
+    assert all(calls_for(llm, f"({marker})") == 2 for marker in markers)
+
+
+def waiting(replica: str, instance_id: str) -> dict[str, Any] | None:
+    answer = requests.get(f"{replica}/hitl/approvals", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return next((a for a in answer.json() if a["instance_id"] == instance_id), None)
