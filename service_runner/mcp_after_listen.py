@@ -6,7 +6,8 @@ ListTools workflow and waits for it) before its app listens. A sidecar started w
 connects right after the app listens, and holds each POST (a task, a published message, a decision)
 until the tools are there, so no run starts without them. The workflow worker starts only then too: a
 run replayed without its MCP tools would schedule an activity where its history holds the tool's child
-workflow, and fail as non-deterministic.
+workflow, and fail as non-deterministic. tests/test_mcp.py checks that dapr-agents alone still never
+serves; when that story fails, this module can go.
 """
 
 from __future__ import annotations

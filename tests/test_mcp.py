@@ -32,6 +32,7 @@ from tests.conftest import (
     answer_of,
     calls_for,
     page_command,
+    port_open,
     post_run,
     wait_for,
     wait_for_outcome,
@@ -320,3 +321,44 @@ def waiting(replica: str, instance_id: str) -> dict[str, Any] | None:
     answer = requests.get(f"{replica}/hitl/approvals", timeout=30)
     assert answer.status_code == 200, answer.text
     return next((a for a in answer.json() if a["instance_id"] == instance_id), None)
+
+
+# dapr-agents' own AgentRunner, serving an agent that has MCP servers, as service_runner/mcp_after_listen.py fixes it.
+UPSTREAM_SERVE = """
+from dapr_agents import DurableAgent
+from dapr_agents.workflow.runners import AgentRunner
+AgentRunner().serve(DurableAgent(name="Scribe", system_prompt="You are a helpful assistant"), host="127.0.0.1")
+"""
+STILL_WAITING = "waiting for application to listen on port 8001"
+
+
+def test_dapr_agents_alone_still_connects_its_mcp_servers_before_its_app_listens_and_never_serves(
+    dapr_env: dict[str, str],
+) -> None:
+    """dapr-agents 1.0.9's AgentRunner.serve waits for each server's tool list before its app listens;
+    daprd 1.18 runs no workflow for an app with an app port until it listens. When dapr-agents
+    connects after listening, service_runner/mcp_after_listen.py can go."""
+    sidecar = MCP_SERVICE.split(" -- ")[0].replace("--log-level warn", "--log-level info")  # to see it wait
+    upstream = f"{sidecar} -- python -c {shlex.quote(UPSTREAM_SERVE)}"
+    run = DaprRun(upstream, dapr_env, "mcp-upstream-serve")
+    try:
+        wait_for(lambda: run.log().count(STILL_WAITING) >= 2, 60, "the sidecar to wait for the app twice")
+        assert not port_open(8001), run.log()[-3000:]
+    finally:
+        run.stop()
+
+
+def test_a_tool_without_arguments_is_sent_null_arguments_which_the_memory_server_refuses(
+    start_mcp_service: Callable[[], DaprRun], llm: LLMServer
+) -> None:
+    """daprd 1.18.2 drops an empty argument map on its way to the server, and the MCP SDK sends
+    `"arguments": null`, which the memory server (zod) refuses: read_graph cannot be called (docs/mcp.md,
+    "Known limits"). When this story fails, the page's limit can go."""
+    start_mcp_service()
+    llm.state.tool_call = ("read_graph", {})
+
+    instance_id = start_task(ASK_TIME)
+    outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert "Invalid input: expected record, received null" in answer_of(outcome), answer_of(outcome)
