@@ -54,6 +54,14 @@ TOKYO = ("get_current_time", {"timezone": "Asia/Tokyo"})
 NOW_IN_TOKYO = '"timezone": "Asia/Tokyo"'  # in the tool's structured result
 
 
+@pytest.fixture(autouse=True)
+def servers_installed() -> None:
+    """Fail at once, naming the fix, when a server of mcp/servers.yaml is not installed."""
+    for command in (ROOT / ".mcp/venv/bin/mcp-server-time", ROOT / ".mcp/node/node_modules/.bin/mcp-server-memory"):
+        if not command.exists():
+            pytest.fail(f"{command} is missing: run `make setup` (the memory server needs Node.js 20 or later)")
+
+
 def remember(marker: str) -> ToolCall:
     return "create_entities", {
         "entities": [{"name": f"haiku {marker}", "entityType": "haiku", "observations": [HAIKU]}]
