@@ -13,7 +13,9 @@
 - llm_refusals: a request the LLM refuses (a prompt over its context, say) ends the run at once;
 - tracing_warnings: two warnings of dapr-agents' tracing about conditions it handles, dropped;
 - tool_calls: the idempotency key of the tool call a tool is running for;
-- mcp_approvals: human approval for the MCP tools named in the file of MCP servers.
+- mcp_approvals: human approval for the MCP tools named in the file of MCP servers;
+- mcp_after_listen: MCP tools connected once the app listens, before any run;
+- mcp_failures: an MCP call the server never answered ends the run.
 """
 
 from service_runner.mcp_approvals import ApprovalsNamedIn

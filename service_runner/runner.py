@@ -23,7 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service_runner import subscription_fix, tracing_warnings  # noqa: F401  (each applied on import)
+from service_runner import mcp_failures, subscription_fix, tracing_warnings  # noqa: F401  (each applied on import)
 from service_runner.approvals import Approvals
 from service_runner.dapr_client import SharedDaprClient
 from service_runner.grpc_spans import only_when_traced
