@@ -99,18 +99,18 @@ def entry(service: DaprRun, instance_id: str) -> list[dict[str, Any]]:
     return service.get_state("agent-workflow", f"scribe:_workflow_{instance_id}")["messages"]
 
 
-def server_pid(name: str) -> int:
-    """The pid of the MCP server the sidecar started with `name` in its command line."""
+def server_pid(service: DaprRun, name: str) -> int:
+    """The pid of the MCP server with `name` in its command line that the service's sidecar started."""
 
     def found() -> int | None:
         for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    command = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if any(part.endswith(f"/{name}".encode()) for part in command[:2]):
-                    return int(proc.name)
+            try:
+                command = (proc / "cmdline").read_bytes().split(b"\0")
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if parent == service.sidecar["daprdPid"] and any(p.endswith(f"/{name}".encode()) for p in command[:2]):
+                return int(proc.name)
         return None
 
     return wait_for(found, 30, f"the {name} process")
@@ -187,7 +187,7 @@ def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made
     llm.state.tool_call = remember(marker)
     instance_id = start_task(ASK_TO_REMEMBER)
     approval = approval_for(instance_id)
-    memory_server = server_pid("mcp-server-memory")
+    memory_server = server_pid(service, "mcp-server-memory")
     os.kill(memory_server, signal.SIGSTOP)
     try:
         curl(APPROVE.replace("<approval-id>", approval["approval_request_id"]))
@@ -213,9 +213,9 @@ def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made
 def test_a_server_killed_between_calls_is_started_again_and_the_call_made(
     start_mcp_service: Callable[[], DaprRun], llm: LLMServer
 ) -> None:
-    start_mcp_service()
+    service = start_mcp_service()
     llm.state.tool_call = TOKYO
-    os.kill(server_pid("mcp-server-time"), signal.SIGKILL)
+    os.kill(server_pid(service, "mcp-server-time"), signal.SIGKILL)
 
     instance_id = start_task(ASK_TIME)
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
@@ -228,9 +228,9 @@ def test_a_hanging_server_is_given_30_seconds_then_the_run_fails_saying_so(
     start_mcp_service: Callable[[], DaprRun], llm: LLMServer
 ) -> None:
     """service_runner/mcp_failures.py: no second LLM call on an answer the server never gave."""
-    start_mcp_service()
+    service = start_mcp_service()
     llm.state.tool_call = TOKYO
-    time_server = server_pid("mcp-server-time")
+    time_server = server_pid(service, "mcp-server-time")
     os.kill(time_server, signal.SIGSTOP)
     try:
         instance_id = start_task(ASK_TIME)
