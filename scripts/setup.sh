@@ -81,6 +81,8 @@ runtime_version_in() {
 }
 
 cli_version_in() {
+  # Nothing, not a failure, where there is no CLI (a machine without `dapr init`).
+  [ -x "$1/dapr" ] || return 0
   "$1/dapr" --version 2>/dev/null | sed -n 's/^CLI version: \([^ ]*\).*/\1/p'
 }
 
@@ -175,6 +177,7 @@ build_runtime() {
 }
 
 build_cli() {
+  echo "    building the dapr CLI $DAPR_CLI_VERSION from Go modules"
   # The CLI's own components-contrib (1.16.3) is refused by the proxy; 1.16.5 is a patch above it.
   go_build_pinned "$BUILD_DIR/cli" "" "-X main.version=$DAPR_CLI_VERSION" \
     "github.com/dapr/cli@v$DAPR_CLI_VERSION github.com/dapr/components-contrib@v$DAPR_CLI_CONTRIB_VERSION" \

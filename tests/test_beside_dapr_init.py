@@ -229,3 +229,34 @@ def test_setup_links_a_dapr_of_the_pinned_version_from_the_users_home_and_writes
     )
     assert f"CLI version: {pins['DAPR_CLI_VERSION']}" in launched.stdout
     assert snapshot(home) == before
+
+
+def test_setup_on_a_machine_that_never_ran_dapr_init_builds_the_cli_and_makes_no_dapr_home(
+    tmp_path: Path,
+) -> None:
+    """No ~/.dapr at all: `make setup` builds what it lacks (here the CLI, with this machine's Go caches,
+    so in seconds) instead of stopping at the missing `~/.dapr/bin/dapr`, and creates no ~/.dapr."""
+    checkout, home = tmp_path / "checkout", tmp_path / "home"
+    for part in ("scripts", "config"):
+        shutil.copytree(ROOT / part, checkout / part)
+    shutil.copy(ROOT / "versions.env", checkout)
+    (checkout / ".dapr" / "bin").mkdir(parents=True)
+    for binary in ("daprd", "placement", "scheduler"):  # the runtime as the project built it: only the CLI is missing
+        (checkout / ".dapr" / "bin" / binary).symlink_to(DAPR_BIN / binary)
+    home.mkdir()
+    go_caches = subprocess.run(["go", "env", "GOMODCACHE", "GOCACHE"], capture_output=True, text=True, check=True)
+    mod_cache, build_cache = go_caches.stdout.split()
+
+    setup = subprocess.run(
+        [str(checkout / "scripts" / "setup.sh"), "dapr", "config"],
+        env={**os.environ, "HOME": str(home), "GOMODCACHE": mod_cache, "GOCACHE": build_cache},
+        capture_output=True,
+        text=True,
+    )
+
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "building the dapr CLI" in setup.stdout, setup.stdout
+    pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if "=" in line)
+    built = subprocess.run([str(checkout / ".dapr" / "bin" / "dapr"), "--version"], capture_output=True, text=True)
+    assert f"CLI version: {pins['DAPR_CLI_VERSION']}" in built.stdout, built.stdout + built.stderr
+    assert not (home / ".dapr").exists()
