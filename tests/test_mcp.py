@@ -18,12 +18,10 @@ import subprocess
 import termios
 import uuid
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import (
     ROOT,
@@ -38,16 +36,14 @@ from tests.conftest import (
     wait_for_outcome,
 )
 from tests.llm_server import HAIKU, LLMServer, ToolCall
-from tests.test_tool_approval import curl
+from tests.test_approval_replicas import FIRST, SECOND, decide, waiting_on
+from tests.test_tool_approval import APPROVE, curl, waiting_approval
 
 MCP_SERVICE = page_command("dapr run --app-id durable-agent-mcp", containing="-p 8001")
 SECOND_REPLICA = page_command("dapr run --app-id durable-agent-mcp", containing="-p 8002")
 ASK_TIME = page_command("curl -X POST http://localhost:8001/run", containing="Tokyo")
 ASK_TO_REMEMBER = page_command("curl -X POST http://localhost:8001/run", containing="remember")
-LIST_APPROVALS = page_command("curl http://localhost:8001/hitl/approvals")
-APPROVE = page_command("curl -X POST http://localhost:8001/hitl/approvals/", containing='"approved": true')
 SHOW_MEMORY = page_command("cat .mcp/memory.jsonl")
-FIRST, SECOND = "http://localhost:8001", "http://localhost:8002"
 SERVERS = ROOT / "mcp" / "servers.yaml"
 MEMORY = ROOT / ".mcp" / "memory.jsonl"
 TOKYO = ("get_current_time", {"timezone": "Asia/Tokyo"})
@@ -86,13 +82,6 @@ def unread_bytes_on_stdin(pid: int) -> int:
 
 def start_task(command: str) -> str:
     return curl(command)["instance_id"]
-
-
-def approval_for(instance_id: str) -> dict[str, Any]:
-    def listed() -> dict[str, Any] | None:
-        return next((a for a in curl(LIST_APPROVALS) if a["instance_id"] == instance_id), None)
-
-    return wait_for(listed, 60, f"run {instance_id} to wait for an approval")
 
 
 def entry(service: DaprRun, instance_id: str) -> list[dict[str, Any]]:
@@ -161,7 +150,7 @@ def test_a_write_waits_for_its_approval_then_changes_the_servers_state_once(
     llm.state.tool_call = remember(marker)
 
     instance_id = start_task(ASK_TO_REMEMBER)
-    approval = approval_for(instance_id)
+    approval = waiting_approval(instance_id)
     assert approval["step_name"] == "create_entities"
     assert remembered(marker) == []
     curl(APPROVE.replace("<approval-id>", approval["approval_request_id"]))
@@ -186,7 +175,7 @@ def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made
     marker = uuid.uuid4().hex[:8]
     llm.state.tool_call = remember(marker)
     instance_id = start_task(ASK_TO_REMEMBER)
-    approval = approval_for(instance_id)
+    approval = waiting_approval(instance_id)
     memory_server = server_pid(service, "mcp-server-memory")
     os.kill(memory_server, signal.SIGSTOP)
     try:
@@ -314,9 +303,8 @@ def test_two_replicas_take_tasks_and_approvals_through_either_and_each_write_is_
         }
         for n, instance_id in enumerate(posted.values()):
             via = replicas[(n + 1) % 2][1]  # the other replica than the one the task was posted to
-            approval = wait_for(partial(waiting, via, instance_id), 60, f"{via} to list run {instance_id}'s approval")
-            url = f"{via}/hitl/approvals/{approval['approval_request_id']}/respond"
-            answer = requests.post(url, json={"approved": True}, timeout=60)
+            (approval,) = waiting_on(via, [instance_id])
+            answer = decide(via, approval)
             assert answer.status_code == 200, answer.text
             outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120, service_url=via)
             assert outcome["runtime_status"] == "COMPLETED", outcome
@@ -328,12 +316,6 @@ def test_two_replicas_take_tasks_and_approvals_through_either_and_each_write_is_
     print(f"\nentities per run, tasks and approvals spread over two replicas: {counts}")
     assert counts == dict.fromkeys(markers, 1)
     assert all(calls_for(llm, f"({marker})") == 2 for marker in markers)
-
-
-def waiting(replica: str, instance_id: str) -> dict[str, Any] | None:
-    answer = requests.get(f"{replica}/hitl/approvals", timeout=30)
-    assert answer.status_code == 200, answer.text
-    return next((a for a in answer.json() if a["instance_id"] == instance_id), None)
 
 
 # dapr-agents' own AgentRunner, serving an agent that has MCP servers, as service_runner/mcp_after_listen.py fixes it.
