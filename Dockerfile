@@ -1,4 +1,5 @@
-# The agents' image: durable_agent_service.py (its command), durable_agent_tool.py, their runner.
+# The agents' image: durable_agent_service.py (its command), durable_agent_tool.py, durable_agent_mcp.py,
+# their runner.
 # Their sidecars, components and configuration come from Dapr on the cluster (deploy/, README "On Kubernetes").
 #   docker build -t <your registry>/durable-agent:1 .
 # BASE is any Debian or Ubuntu image with Python 3.11 and its venv module; `make k8s-up` builds
@@ -10,7 +11,7 @@ WORKDIR /app
 COPY requirements.txt .
 RUN python3 -m venv /opt/agent \
  && /opt/agent/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
-COPY durable_agent_service.py durable_agent_tool.py ./
+COPY durable_agent_service.py durable_agent_tool.py durable_agent_mcp.py ./
 COPY service_runner/ service_runner/
 
 # A numeric user, so that Kubernetes' runAsNonRoot can check it without a passwd lookup.

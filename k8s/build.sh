@@ -9,8 +9,9 @@
 #               scheduler come from `scripts/setup.sh dapr`, which this runs first)
 #   pause       the pod sandbox process, k8s/build/pause
 #   images      one FROM scratch image per binary, built with buildah into OCI archives
-#   app-images  the agent's image from the Dockerfile, and the stand-ins deploy/stand-ins runs (Redis,
-#               Zipkin), each on a Debian base made from Debian's packages by mmdebstrap
+#   app-images  the agent's image from the Dockerfile, the MCP time server's from deploy/mcp-time.Dockerfile,
+#               and the stand-ins deploy/stand-ins runs (PostgreSQL, Redis, Zipkin), each on a Debian base
+#               made from Debian's packages by mmdebstrap
 # Binaries go to .cache/k8s/bin, images to .cache/k8s/images; each piece is skipped when its version
 # stamp matches versions.env, so a warm run takes seconds. Builds share the Go caches of `make setup`;
 # images are built in a buildah store shared by checkouts, ~/.cache/tiniest-durable-agent/containers.
@@ -256,22 +257,34 @@ save_archive() {
   echo "    $image: $(du -h "$archive" | cut -f1) archive, $(buildah_ images --format '{{.Size}}' "$image") unpacked"
 }
 
-# The tag of the agent's image: what goes into it, hashed.
-agent_image_tag() {
-  cat Dockerfile .dockerignore requirements.txt durable_agent_service.py durable_agent_tool.py service_runner/*.py | sha256sum | cut -c1-12
+# The tag of an image built from a Dockerfile: the files that go into it, hashed.
+content_tag() {
+  cat "$@" | sha256sum | cut -c1-12
+}
+
+# Builds Dockerfile $2 as image $1 on the Debian base $3 (the same file a user builds with `docker
+# build`), its archive, and records it in $K8S_IMAGES/$4 for the tests; its earlier tags are removed.
+build_dockerfile_image() {
+  local image=$1 dockerfile=$2 base=$3 record=$4 old
+  if ! buildah_ inspect --type image "$image" >/dev/null 2>&1; then
+    with_heartbeat "buildah bud $image" "$K8S_BUILD/$record.log" \
+      buildah_ bud --quiet --layers --network host --build-arg "BASE=$base" --tag "$image" --file "$dockerfile" .
+  fi
+  save_archive "$image"
+  for old in $(buildah_ images --format '{{.Name}}:{{.Tag}}' | grep -x "${image%:*}:.*" | grep -vx "$image"); do
+    buildah_ rmi "$old" >/dev/null
+  done
+  echo "$image" >"$K8S_IMAGES/$record"
 }
 
 build_app_images() {
   mkdir -p "$K8S_IMAGES"
-  local base="$APP_IMAGE_REGISTRY/python-base:$DEBIAN_SUITE" agent
-  agent="$APP_IMAGE_REGISTRY/durable-agent:$(agent_image_tag)"
+  local base="$APP_IMAGE_REGISTRY/python-base:$DEBIAN_SUITE" tag
   debian_image "$base" python3,python3-venv,ca-certificates
-  if ! buildah_ inspect --type image "$agent" >/dev/null 2>&1; then
-    # The same Dockerfile a user builds with `docker build`, on the Debian base.
-    with_heartbeat "buildah bud $agent" "$K8S_BUILD/agent-image.log" \
-      buildah_ bud --quiet --layers --network host --build-arg "BASE=$base" --tag "$agent" --file Dockerfile .
-  fi
-  save_archive "$agent"
+  tag=$(content_tag Dockerfile .dockerignore requirements.txt durable_agent_{service,tool,mcp}.py service_runner/*.py)
+  build_dockerfile_image "$APP_IMAGE_REGISTRY/durable-agent:$tag" Dockerfile "$base" agent-image
+  tag=$(content_tag deploy/mcp-time.Dockerfile requirements-mcp.txt requirements-mcp-proxy.txt)
+  build_dockerfile_image "$APP_IMAGE_REGISTRY/mcp-time:$tag" deploy/mcp-time.Dockerfile "$base" mcp-time-image
   debian_image "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE" redis-server
   save_archive "$APP_IMAGE_REGISTRY/redis:$DEBIAN_SUITE"
   build_postgres_image
@@ -285,12 +298,6 @@ build_app_images() {
     buildah_ commit --quiet --rm "$container" "$zipkin" >/dev/null
   fi
   save_archive "$zipkin"
-  # Images of the agent at earlier tags: only the current one is kept.
-  local old
-  for old in $(buildah_ images --format '{{.Name}}:{{.Tag}}' | grep -x "$APP_IMAGE_REGISTRY/durable-agent:.*" | grep -vx "$agent"); do
-    buildah_ rmi "$old" >/dev/null
-  done
-  echo "$agent" >"$K8S_IMAGES/agent-image"
 }
 
 # PostgreSQL from Debian, its user renumbered to 999 as in the official image, which

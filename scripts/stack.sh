@@ -135,13 +135,14 @@ health_check_of() {
   esac
 }
 
+# Each check gives up after 5 s: what holds a port may take a connection and never answer.
 healthy() {
   case "$1" in
-    postgres) "$POSTGRES_BIN/pg_isready" -q -h 127.0.0.1 -p 55432 ;;
-    redis) [ "$(redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
-    placement | scheduler) curl -fs -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
-    zipkin) curl -fs -o /dev/null http://127.0.0.1:9411/health ;;
-    model) curl -fs -o /dev/null "http://127.0.0.1:$LOCAL_MODEL_PORT/v1/models" ;;
+    postgres) "$POSTGRES_BIN/pg_isready" -q -t 5 -h 127.0.0.1 -p 55432 ;;
+    redis) [ "$(timeout 5 redis-cli -p 6379 ping 2>/dev/null)" = PONG ] ;;
+    placement | scheduler) curl -fs -m 5 -o /dev/null "http://127.0.0.1:$(health_port_of "$1")/healthz" ;;
+    zipkin) curl -fs -m 5 -o /dev/null http://127.0.0.1:9411/health ;;
+    model) curl -fs -m 5 -o /dev/null "http://127.0.0.1:$LOCAL_MODEL_PORT/v1/models" ;;
   esac
 }
 

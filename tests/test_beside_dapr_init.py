@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -191,6 +192,18 @@ def test_make_run_and_the_service_use_dapr_inits_services_and_leave_its_home_and
         assert process.poll() is None and healthy(name), f"the user's {name} did not survive the story"
     assert snapshot(home) == before
     assert not used.exists(), f"the user's ~/.dapr/bin was run: {used.read_text()}"
+
+    # A port is not enough: where something takes Redis's connections and never answers, `make up`
+    # starts nothing and says what failed.
+    users_services["redis"].terminate()
+    users_services["redis"].wait(20)
+    with socket.create_server(("127.0.0.1", 6379)):
+        refused = subprocess.run(["make", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0, refused
+    assert "stack: port 6379, which redis needs, is taken, and what holds it fails redis's health check" in (
+        refused.stderr
+    ), refused
+    assert not port_open(55432) and not port_open(58000)
 
 
 def test_setup_links_a_dapr_of_the_pinned_version_from_the_users_home_and_writes_nothing_there(

@@ -31,16 +31,18 @@ from tests.conftest import page_command, page_commands, wait_for
 NAMESPACE = "durable-agent"
 APP_ID = "durable-agent-service"
 TOOL_APP_ID = "durable-agent-tool"
-# Each agent's Service and pod label (deploy/agent.yaml, deploy/tool-agent.yaml).
-DEPLOYMENT_OF = {APP_ID: "durable-agent", TOOL_APP_ID: "durable-agent-tool"}
+MCP_APP_ID = "durable-agent-mcp"
+# Each agent's Service and pod label (deploy/agent.yaml, deploy/tool-agent.yaml, deploy/mcp-agent.yaml).
+DEPLOYMENT_OF = {APP_ID: "durable-agent", TOOL_APP_ID: "durable-agent-tool", MCP_APP_ID: "durable-agent-mcp"}
 OVERLAY = ROOT / "k8s" / "tests" / "overlay"
-AGENT_IMAGE_RECORD = ROOT / ".cache" / "k8s" / "images" / "agent-image"
+# The images `make k8s-up` built from a Dockerfile, each recorded with the tag it was built at.
+IMAGE_RECORDS = [ROOT / ".cache" / "k8s" / "images" / name for name in ("agent-image", "mcp-time-image")]
 VOLUMES = ROOT / ".run" / "k8s" / "volumes"
 # docs/kubernetes.md's commands: the namespace and the four Secrets deploy/ reads, and the rollout.
 NAMESPACE_AND_SECRETS = [page_command("kubectl create namespace"), *page_commands("kubectl create secret generic")]
 ROLLOUT = page_command("kubectl rollout status deployment/durable-agent")
 STAND_INS_WITH_DATA = ("postgres", "redis")
-BUILD_HINT = "no agent image was built: run `make k8s-up` (it builds the Dockerfile with buildah)"
+BUILD_HINT = "no {} was recorded: run `make k8s-up` (it builds the Dockerfiles with buildah)"
 
 
 @dataclass
@@ -51,7 +53,8 @@ class Agent:
     openai_key: str
     redis_password: str
     postgres_password: str
-    image: str
+    image: str  # the agents'
+    mcp_time_image: str
     ready_after: float = 0.0  # seconds from `kubectl apply` to the agent pod's Ready
     service_ips: dict[str, str] = field(default_factory=dict)
 
@@ -82,9 +85,10 @@ class Agent:
             return False
         return True
 
-    def llm(self, method: str, path: str) -> Any:
+    def llm(self, method: str, path: str, **kwargs: Any) -> Any:
         """The stand-in LLM's control API (k8s/tests/stand_in_llm.py)."""
-        answer = requests.request(method, f"http://{self.service_ip('stand-in-llm')}:8081{path}", timeout=10)
+        url = f"http://{self.service_ip('stand-in-llm')}:8081{path}"
+        answer = requests.request(method, url, timeout=10, **kwargs)
         answer.raise_for_status()
         return answer.json()
 
@@ -172,13 +176,13 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(f"Bearer {key}".encode()).hexdigest()
 
 
-def rendered_overlay(image: str) -> list[dict[str, Any]]:
-    """k8s/tests/overlay as kustomize renders it, with the agent's image at the tag the build made."""
+def rendered_overlay(images: list[str]) -> list[dict[str, Any]]:
+    """k8s/tests/overlay as kustomize renders it, with the images at the tags the build made."""
+    built = {image.split(":")[0]: image for image in images}
     documents = [d for d in yaml.safe_load_all(kubectl("kustomize", str(OVERLAY)).stdout) if d]
     for document in documents:
         for container in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-            if container["image"].split(":")[0] == image.split(":")[0]:
-                container["image"] = image
+            container["image"] = built.get(container["image"].split(":")[0], container["image"])
     return documents
 
 
@@ -256,8 +260,9 @@ def delete_namespace() -> None:
 @contextlib.contextmanager
 def deploy() -> Iterator[Agent]:
     """deploy/ applied and Ready, with its Secrets; the namespace and its volume deleted afterwards."""
-    if not AGENT_IMAGE_RECORD.exists():
-        pytest.fail(BUILD_HINT)
+    for record in IMAGE_RECORDS:
+        if not record.exists():
+            pytest.fail(BUILD_HINT.format(record))
     openai_key = f"sk-tda-{secrets.token_hex(20)}"
     delete_namespace()  # what an interrupted earlier run left
     try:
@@ -267,12 +272,14 @@ def deploy() -> Iterator[Agent]:
             openai_key=openai_key,
             redis_password=secret_value("redis", "password"),
             postgres_password=secret_value("postgres", "password"),
-            image=AGENT_IMAGE_RECORD.read_text().strip(),
+            image=IMAGE_RECORDS[0].read_text().strip(),
+            mcp_time_image=IMAGE_RECORDS[1].read_text().strip(),
         )
         for stand_in in STAND_INS_WITH_DATA:
             create_volume(stand_in)
         create_llm_code()
-        manifests = json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered_overlay(agent.image)})
+        items = rendered_overlay([agent.image, agent.mcp_time_image])
+        manifests = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         # Checked against the API server's schemas (Kubernetes' and Dapr's CRDs) before anything is applied.
         kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifests)
         applied = time.monotonic()
@@ -283,6 +290,8 @@ def deploy() -> Iterator[Agent]:
             "deployment/zipkin",
             "deployment/stand-in-llm",
             "deployment/durable-agent-tool",
+            "deployment/mcp-time",
+            "deployment/durable-agent-mcp",
         ):
             done = kubectl("rollout", "status", name, "-n", NAMESPACE, "--timeout=240s", check=False, timeout=250)
             if done.returncode != 0:

@@ -3,8 +3,10 @@
 The agent's sidecar reaches it at http://stand-in-llm:8080/v1 as it would reach OpenAI. The tests,
 outside the cluster, use port 8081: GET /requests lists what the model was asked, POST /hold holds
 the next request until POST /release, POST /latency?seconds=S slows every answer, POST
-/gather?calls=N&within=S holds every call until N are held at once (or S seconds pass), and GET
-/in-flight counts the calls being answered now and the most at once since the gathering. Requests are
+/gather?calls=N&within=S holds every call until N are held at once (or S seconds pass), POST
+/tool-call with {"name": ..., "arguments": {...}} (or null) is the tool call asked for when tools are
+offered (else the first tool offered), and GET /in-flight counts the calls being answered now and the
+most at once since the gathering. Requests are
 listed with a digest of their Authorization header, so that the API key never leaves this pod.
 """
 
@@ -66,6 +68,10 @@ class _Control(BaseHTTPRequestHandler):
             self.server.llm.state.reset_counts()
             self.server.llm.state.gather(int(asked["calls"]), float(asked["within"]))
             self._reply(asked)
+        elif self.path == "/tool-call":
+            chosen = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+            self.server.llm.state.tool_call = (chosen["name"], chosen["arguments"]) if chosen else None
+            self._reply(chosen)
         elif self.path == "/release":
             for hold in self.server.holds:
                 hold.set()

@@ -19,7 +19,16 @@ import pytest
 import requests
 import yaml
 
-from k8s.tests.agent import NAMESPACE, OVERLAY, TOOL_APP_ID, Agent, deploy, key_digest, logs_of_namespace
+from k8s.tests.agent import (
+    MCP_APP_ID,
+    NAMESPACE,
+    OVERLAY,
+    TOOL_APP_ID,
+    Agent,
+    deploy,
+    key_digest,
+    logs_of_namespace,
+)
 from k8s.tests.conftest import env, kubectl, kubectl_json
 from service_runner.once_only import run_id
 from tests.conftest import answer_of, page_command, port_open, trace_of_run, wait_for
@@ -334,6 +343,31 @@ def test_a_tool_agent_pod_force_deleted_while_approvals_wait_leaves_them_to_the_
     for task, instance_id in zip(tasks, instance_ids, strict=True):
         assert_tool_ran_once_and_completed(agent, task, instance_id)
     agent.wait_ready(2, app_id=TOOL_APP_ID)
+
+
+def time_server_calls() -> int:
+    """The tool calls the MCP time server's pod has answered, as its log (mcp-proxy's) shows them."""
+    log = kubectl("logs", "deployment/mcp-time", "-n", NAMESPACE, "--tail=-1").stdout
+    return log.count("Processing request of type CallToolRequest")
+
+
+def test_the_mcp_agent_calls_the_time_server_in_its_own_pod_over_streamable_http(agent: Agent) -> None:
+    task = f"What time is it in Tokyo? ({uuid.uuid4().hex[:8]})"
+    calls_before = time_server_calls()
+    agent.llm("POST", "/tool-call", json={"name": "get_current_time", "arguments": {"timezone": "Asia/Tokyo"}})
+    try:
+        instance_id = agent.call("POST", "/run", app_id=MCP_APP_ID, json={"task": task}).json()["instance_id"]
+        outcome = agent.outcome(instance_id, app_id=MCP_APP_ID)
+    finally:
+        agent.llm("POST", "/tool-call", json=None)
+
+    assert outcome["runtime_status"] == "COMPLETED", outcome
+    assert answer_of(outcome).startswith("The tool answered:") and '"timezone": "Asia/Tokyo"' in answer_of(outcome)
+    assert agent.llm_calls_for(task) == 2  # one that asks for the time, one that answers with it
+    assert time_server_calls() - calls_before == 1
+    (pod,) = agent.pods(MCP_APP_ID)
+    restarts = {c["name"]: c["restartCount"] for c in pod["status"]["containerStatuses"]}
+    print(f"\nMCP agent: 1 call to the time server's pod, 2 LLM calls; container restarts since the deploy: {restarts}")
 
 
 def test_the_trace_of_a_run_is_in_zipkin(agent: Agent) -> None:

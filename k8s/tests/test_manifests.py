@@ -20,10 +20,11 @@ from k8s.tests.conftest import PINS, ROOT, kubectl
 DEPLOY = ROOT / "deploy"
 APP_ID = "durable-agent-service"
 TOOL_APP_ID = "durable-agent-tool"
+MCP_APP_ID = "durable-agent-mcp"
 # What the cluster's copy reads from a Secret where the local one has a literal or an environment
 # variable; locally Redis and PostgreSQL have no password.
 KINDS = [
-    *("Component", "ConfigMap", "Configuration", "Deployment"),
+    *("Component", "ConfigMap", "Configuration", "Deployment", "MCPServer"),
     *("Resiliency", "Service", "ServiceAccount", "StatefulSet"),
 ]
 FROM_SECRETS = {
@@ -91,7 +92,8 @@ def test_the_clusters_dapr_components_say_what_the_local_ones_say_but_for_secret
     for name in components:
         here, there = local[name], cluster[name]
         assert (there["spec"]["type"], there["spec"]["version"]) == (here["spec"]["type"], here["spec"]["version"])
-        assert there["scopes"] == [APP_ID, TOOL_APP_ID] and there["auth"] == {"secretStore": "kubernetes"}, name
+        assert there["scopes"] == [APP_ID, TOOL_APP_ID, MCP_APP_ID], name
+        assert there["auth"] == {"secretStore": "kubernetes"}, name
         items = {item["name"]: item for item in there["spec"]["metadata"]}
         for item in here["spec"]["metadata"]:
             if item["name"] in FROM_SECRETS:
@@ -115,7 +117,22 @@ def test_the_clusters_resiliency_and_configuration_are_the_local_ones() -> None:
     assert cluster_config["spec"] == local_config["spec"]
 
 
-@pytest.mark.parametrize(("manifest", "app_id"), [("agent.yaml", APP_ID), ("tool-agent.yaml", TOOL_APP_ID)])
+def test_the_clusters_mcp_servers_are_local_ones_each_served_over_http_by_a_service_of_deploy() -> None:
+    local = {d["metadata"]["name"] for d in yaml.safe_load_all((ROOT / "mcp" / "servers.yaml").read_text())}
+    rendered_deploy = yaml.safe_load_all(kubectl("kustomize", str(DEPLOY)).stdout)
+    services = {d["metadata"]["name"] for d in rendered_deploy if d["kind"] == "Service"}
+    cluster = list(yaml.safe_load_all((DEPLOY / "mcp-servers.yaml").read_text()))
+
+    assert cluster and {d["metadata"]["name"] for d in cluster} <= local
+    for server in cluster:
+        url = server["spec"]["endpoint"]["streamableHTTP"]["url"]
+        assert url.split("/")[2] in services, url  # an address in the agent's namespace
+        assert server["scopes"] == [MCP_APP_ID]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "app_id"), [("agent.yaml", APP_ID), ("tool-agent.yaml", TOOL_APP_ID), ("mcp-agent.yaml", MCP_APP_ID)]
+)
 def test_each_deployment_has_probes_limits_a_non_root_user_and_time_for_a_step(manifest: str, app_id: str) -> None:
     (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / manifest).read_text()) if d["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
