@@ -244,19 +244,25 @@ def test_setup_links_a_dapr_of_the_pinned_version_from_the_users_home_and_writes
     assert snapshot(home) == before
 
 
-def test_setup_on_a_machine_that_never_ran_dapr_init_builds_the_cli_and_makes_no_dapr_home(
-    tmp_path: Path,
+@pytest.mark.parametrize("users_version", [None, "1.17.0"], ids=["no-dapr-init", "dapr-init-1.17.0"])
+def test_setup_builds_the_cli_it_lacks_beside_any_other_and_changes_no_dapr_home(
+    tmp_path: Path, users_version: str | None
 ) -> None:
-    """No ~/.dapr at all: `make setup` builds what it lacks (here the CLI, with this machine's Go caches,
-    so in seconds) instead of stopping at the missing `~/.dapr/bin/dapr`, and creates no ~/.dapr."""
-    checkout, home = tmp_path / "checkout", tmp_path / "home"
+    """No ~/.dapr at all, or one of a version the project does not test: `make setup` builds what it
+    lacks (here the CLI, with this machine's Go caches, so in seconds) instead of stopping at the
+    missing `~/.dapr/bin/dapr` or taking the other version, and ~/.dapr is as it was, or still absent."""
+    checkout, home, used = tmp_path / "checkout", tmp_path / "home", tmp_path / "users-binaries-run"
     for part in ("scripts", "config"):
         shutil.copytree(ROOT / part, checkout / part)
     shutil.copy(ROOT / "versions.env", checkout)
     (checkout / ".dapr" / "bin").mkdir(parents=True)
     for binary in ("daprd", "placement", "scheduler"):  # the runtime as the project built it: only the CLI is missing
         (checkout / ".dapr" / "bin" / binary).symlink_to(DAPR_BIN / binary)
-    home.mkdir()
+    if users_version:
+        users_dapr_home(home, users_version, used)
+    else:
+        home.mkdir()
+    before = snapshot(home / ".dapr")  # Go's own files in HOME (its telemetry) are Go's business
     go_caches = subprocess.run(["go", "env", "GOMODCACHE", "GOCACHE"], capture_output=True, text=True, check=True)
     mod_cache, build_cache = go_caches.stdout.split()
 
@@ -269,7 +275,12 @@ def test_setup_on_a_machine_that_never_ran_dapr_init_builds_the_cli_and_makes_no
 
     assert setup.returncode == 0, setup.stdout + setup.stderr
     assert "building the dapr CLI" in setup.stdout, setup.stdout
+    if users_version:
+        left_alone = f"your {home}/.dapr/bin has dapr CLI {users_version}, which this project does not test: left alone"
+        assert left_alone in setup.stdout, setup.stdout
     pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines() if "=" in line)
     built = subprocess.run([str(checkout / ".dapr" / "bin" / "dapr"), "--version"], capture_output=True, text=True)
     assert f"CLI version: {pins['DAPR_CLI_VERSION']}" in built.stdout, built.stdout + built.stderr
-    assert not (home / ".dapr").exists()
+    assert snapshot(home / ".dapr") == before
+    assert (home / ".dapr").exists() == bool(users_version)
+    assert not used.exists(), f"the user's ~/.dapr/bin was run: {used.read_text()}"

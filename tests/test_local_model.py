@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +26,7 @@ import requests
 from scripts.workflow_history import fetch_history
 from tests.conftest import (
     LOCAL_MODEL,
+    ROOT,
     SERVICE,
     SERVICE_URL,
     TASK,
@@ -203,3 +205,25 @@ def test_the_pages_curl_lists_the_model_the_launcher_names() -> None:
     assert listed.returncode == 0, listed.stderr
     assert [model["id"] for model in json.loads(listed.stdout)["data"]] == [LOCAL_MODEL["LOCAL_MODEL_NAME"]]
     assert f":{LOCAL_MODEL['LOCAL_MODEL_PORT']}/" in LIST_MODELS
+
+
+def test_setup_with_a_key_set_builds_no_local_model(tmp_path: Path) -> None:
+    """A user whose OPENAI_API_KEY is set does not wait for llama.cpp's compile, nor download the model."""
+    checkout = tmp_path / "checkout"
+    for part in ("scripts", "config"):
+        shutil.copytree(ROOT / part, checkout / part)
+    for file in ("versions.env", "requirements-model.txt"):
+        shutil.copy(ROOT / file, checkout)
+
+    setup = subprocess.run(
+        [str(checkout / "scripts" / "setup.sh"), "model"],
+        env={**os.environ, "HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-unused"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "OPENAI_API_KEY is set: no local model" in setup.stdout, setup.stdout
+    assert "compiling" not in setup.stdout and "downloading" not in setup.stdout, setup.stdout
+    assert not (checkout / ".model").exists() and not (tmp_path / "home").exists()
