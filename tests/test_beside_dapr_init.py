@@ -166,6 +166,7 @@ def test_make_run_and_the_service_use_dapr_inits_services_and_leave_its_home_and
     made = subprocess.run(["make", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     output = made.stdout + made.stderr
     assert made.returncode == 0, output
+    print("\n`make run` on a machine where `dapr init` runs:\n" + output.split("\nModel: ")[0])
     for name, port in USERS_PORTS.items():
         assert f"  {name}: reusing the one already answering on 127.0.0.1:{port}" in output, output
     assert "  postgres: up on 127.0.0.1:55432" in output and "  model: up on 127.0.0.1:58000" in output, output
