@@ -33,12 +33,15 @@ run: setup up ## The one-shot: the agent writes a haiku through a durable workfl
 	@scripts/run-one-shot.sh
 
 serve: setup up ## Serve the agent on :8001 (POST /run) and on pub/sub topic assistant.topic
+	@scripts/which-model.sh
 	dapr run --app-id durable-agent-service --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_service.py
 
 serve-tool: setup up ## Serve the agent with a tool that runs only after a human approves it (docs/tool-and-approval.md)
+	@scripts/which-model.sh
 	dapr run --app-id durable-agent-tool --resources-path ./resources --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_tool.py
 
 serve-mcp: setup up ## Serve the agent with the tools of the MCP servers in mcp/servers.yaml (docs/mcp.md)
+	@scripts/which-model.sh
 	dapr run --app-id durable-agent-mcp --resources-path ./resources --resources-path ./mcp --dapr-listen-addresses 127.0.0.1 --metrics-port 9090 -p 8001 --log-level warn -- env $(AGENT_TRACING) python durable_agent_mcp.py
 
 test: setup lint ## Lint, then everything on the real stack: up (its own), pytest, down (down also on failure)

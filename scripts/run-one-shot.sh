@@ -4,18 +4,6 @@
 # .venv/bin/dapr points the llm-provider component at.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=../config/local-model.env
-source config/local-model.env
-
-which_model() {
-  if [ -n "${OPENAI_API_KEY:-}" ]; then
-    echo "Model: ${OPENAI_MODEL:-gpt-4o-mini (resources/llm-provider.yaml)}, at ${OPENAI_BASE_URL:-OpenAI}"
-  else
-    echo "Model: $LOCAL_MODEL_NAME, on this machine (llama.cpp on 127.0.0.1:$LOCAL_MODEL_PORT): no OPENAI_API_KEY is set."
-    echo "       A 135M-parameter model: expect a short, odd haiku. For OpenAI: export OPENAI_API_KEY=sk-..."
-  fi
-}
-
 # The run's workflow id and trace, from Zipkin: the newest workflow span of this app since we started.
 where_to_look() {
   local lookback_ms=$(( ($(date +%s) - started + 5) * 1000 )) found="" _
@@ -38,7 +26,7 @@ if spans:
   echo "Its trace:   http://localhost:9411/zipkin/traces/$trace_id"
 }
 
-which_model
+scripts/which-model.sh
 started=$(date +%s)
 status=0
 # The sidecar sends its spans every 200 ms, so that they reach Zipkin before it stops (README, "The

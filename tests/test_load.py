@@ -10,6 +10,9 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
 
 from tests.conftest import (
     SERVICE_URL,
@@ -27,6 +30,8 @@ from tests.llm_server import HAIKU, LLMServer
 RUNS = 200
 
 REPLICA = page_command("dapr run --app-id durable-agent-service", containing="-p 8002")
+# daprd 1.18.2's panic when a run it took over completes: a nil runtime state on the retention path.
+RETENTION_PANIC = "orchestrator.(*orchestrator).handleRetention"
 
 
 def test_200_concurrent_runs_all_complete_once(service: DaprRun, llm: LLMServer, record_property) -> None:
@@ -65,10 +70,10 @@ def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
 ) -> None:
     """Same app id, own ports, shared placement, scheduler and Redis: docs/production.md's scale-out."""
     first = service  # the README's service command is replica 1
-    second = DaprRun(REPLICA, dapr_env, "replica-2")
+    survivors = [DaprRun(REPLICA, dapr_env, "replica-2")]  # and its restart, if Dapr's panic calls for one
     survivor_url = "http://localhost:8002"
     try:
-        second.wait_until_ready(survivor_url)
+        survivors[0].wait_until_ready(survivor_url)
         llm.state.latency_s = 0.2
         batch = uuid.uuid4().hex[:8]
         tasks = [f"Write haiku number {n} about replicas ({batch})." for n in range(100)]
@@ -79,12 +84,24 @@ def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
         os.kill(first.sidecar["appPid"], signal.SIGKILL)
         os.kill(first.sidecar["daprdPid"], signal.SIGKILL)
 
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            outcomes = list(
-                pool.map(lambda r: wait_for_outcome(r["status_url"], 300, 1, service_url=survivor_url), runs)
-            )
+        outcomes: list[dict[str, Any]] = []
+        while not outcomes:
+            try:
+                with ThreadPoolExecutor(max_workers=20) as pool:
+                    outcomes = list(
+                        pool.map(lambda r: wait_for_outcome(r["status_url"], 300, 1, service_url=survivor_url), runs)
+                    )
+            except requests.ConnectionError:
+                # Dapr 1.18.2's sidecar can panic as it takes over the runs (docs/production.md, "Known
+                # limits"); a supervisor starts it again, and the runs go on from their saved state.
+                if len(survivors) > 1 or RETENTION_PANIC not in survivors[-1].log():
+                    raise
+                survivors[-1].stop()
+                survivors.append(DaprRun(REPLICA, dapr_env, "replica-2-restarted"))
+                survivors[-1].wait_until_ready(survivor_url)
     finally:
-        second.stop()
+        for survivor in survivors:
+            survivor.stop()
 
     statuses = collections.Counter(outcome["runtime_status"] for outcome in outcomes)
     assert statuses == {"COMPLETED": 100}, statuses
@@ -104,5 +121,6 @@ def test_two_replicas_and_one_killed_midway_the_survivor_completes_all_100_runs(
         turns_twice += turns == 2
     assert set(calls) <= {1, 2}, f"tasks by number of LLM calls: {collections.Counter(calls)}"
     print(
-        f"\nreplicas: {statuses}, tasks by LLM calls {dict(collections.Counter(calls))}, turn saved twice {turns_twice}"
+        f"\nreplicas: {statuses}, tasks by LLM calls {dict(collections.Counter(calls))},"
+        f" turn saved twice {turns_twice}, survivor restarted after Dapr's panic {len(survivors) - 1} time(s)"
     )

@@ -37,8 +37,10 @@ from tests.conftest import (
     local_model_env,
     model_calls,
     model_generations,
+    port_open,
     post_run,
     publish,
+    strip_ansi,
     wait_for,
     wait_for_outcome,
 )
@@ -217,7 +219,10 @@ def test_setup_with_a_key_set_builds_no_local_model(tmp_path: Path) -> None:
 
     setup = subprocess.run(
         [str(checkout / "scripts" / "setup.sh"), "model"],
-        env={**os.environ, "HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-unused"},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "SETUP_QUIET"},  # `make test` runs quiet: the user's is not
+            **{"HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-unused"},
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -227,3 +232,28 @@ def test_setup_with_a_key_set_builds_no_local_model(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY is set: no local model" in setup.stdout, setup.stdout
     assert "compiling" not in setup.stdout and "downloading" not in setup.stdout, setup.stdout
     assert not (checkout / ".model").exists() and not (tmp_path / "home").exists()
+
+
+def test_make_serve_with_no_key_says_the_local_model_answers_and_it_does(tmp_path: Path) -> None:
+    log = tmp_path / "make-serve.log"
+    before = len(model_calls())
+    with log.open("w") as output:
+        serving = subprocess.Popen(
+            ["make", "serve"], cwd=ROOT, env=local_model_env(), stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: port_open(8001) or serving.poll() is not None, 120, "`make serve` to listen on 8001")
+        outcome = wait_for_outcome(post_run(TASK)["status_url"], timeout=120)
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)  # make, the CLI, daprd and the app: the group make leads
+        try:
+            serving.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+    printed = strip_ansi(log.read_text())
+
+    said = f"Model: {LOCAL_MODEL['LOCAL_MODEL_NAME']}, on this machine (llama.cpp on 127.0.0.1:58000)"
+    assert said in printed and printed.index(said) < printed.index("Starting Dapr with id"), printed
+    assert outcome["runtime_status"] == "COMPLETED", printed[-3000:]
+    assert new_calls(before) == [200]
