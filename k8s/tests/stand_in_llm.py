@@ -6,8 +6,8 @@ the next request until POST /release, POST /latency?seconds=S slows every answer
 /gather?calls=N&within=S holds every call until N are held at once (or S seconds pass), POST
 /tool-call with {"name": ..., "arguments": {...}} (or null) is the tool call asked for when tools are
 offered (else the first tool offered), and GET /in-flight counts the calls being answered now and the
-most at once since the gathering. Requests are
-listed with a digest of their Authorization header, so that the API key never leaves this pod.
+most at once since the gathering. Requests are listed with a digest of their Authorization header, so
+that the API key never leaves this pod.
 """
 
 from __future__ import annotations
