@@ -8,6 +8,7 @@ story stops the server (SIGSTOP): the sidecar's request waits, unread, in the se
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -111,6 +112,18 @@ def server_pid(service: DaprRun, name: str) -> int:
     return wait_for(found, 30, f"the {name} process")
 
 
+@contextlib.contextmanager
+def stopped_server(service: DaprRun, name: str, then: signal.Signals) -> Iterator[int]:
+    """The sidecar's server `name` stopped (SIGSTOP) for the block, its pid given, then sent `then`: a
+    call made meanwhile waits, unread, in its stdin."""
+    pid = server_pid(service, name)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, then)
+
+
 @pytest.fixture
 def start_mcp_service(dapr_env: dict[str, str]) -> Iterator[Callable[[], DaprRun]]:
     services = DaprRuns(MCP_SERVICE, "mcp-service")
@@ -182,16 +195,13 @@ def test_kill_9_during_an_approved_write_completes_the_run_and_the_write_is_made
     llm.state.tool_call = remember(marker)
     instance_id = start_task(ASK_TO_REMEMBER)
     approval = waiting_approval(instance_id)
-    memory_server = server_pid(service, "mcp-server-memory")
-    os.kill(memory_server, signal.SIGSTOP)
-    try:
+    # SIGCONT after: the server reads the call, writes, and finds no one to answer.
+    with stopped_server(service, "mcp-server-memory", then=signal.SIGCONT) as memory_server:
         curl(APPROVE.replace("<approval-id>", approval["approval_request_id"]))
         wait_for(lambda: unread_bytes_on_stdin(memory_server) > 0, 60, "the approved call to reach the server")
         os.kill(service.sidecar[victim], signal.SIGKILL)
         wait_for(lambda: service.process.poll() is not None, 60, "`dapr run` to end after the kill")
         service.stop()
-    finally:
-        os.kill(memory_server, signal.SIGCONT)  # it reads the call, writes, and finds no one to answer
     wait_for(lambda: remembered(marker), 30, "the first call's write")
 
     restarted = start_mcp_service()
@@ -229,13 +239,9 @@ def test_a_server_killed_with_the_call_in_its_stdin_is_called_again_or_the_run_f
     never happens is a run that hands the model an error for an answer the server never gave."""
     service = start_mcp_service()
     llm.state.tool_call = TOKYO
-    time_server = server_pid(service, "mcp-server-time")
-    os.kill(time_server, signal.SIGSTOP)
-    try:
+    with stopped_server(service, "mcp-server-time", then=signal.SIGKILL) as time_server:
         instance_id = start_task(ASK_TIME)
         wait_for(lambda: unread_bytes_on_stdin(time_server) > 0, 60, "the call to reach the time server")
-    finally:
-        os.kill(time_server, signal.SIGKILL)
     outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
 
     print(f"\nserver killed mid-call: {outcome['runtime_status']}")
@@ -256,13 +262,9 @@ def test_a_hanging_server_is_given_30_seconds_then_the_run_fails_saying_so(
     """service_runner/mcp_failures.py: no second LLM call on an answer the server never gave."""
     service = start_mcp_service()
     llm.state.tool_call = TOKYO
-    time_server = server_pid(service, "mcp-server-time")
-    os.kill(time_server, signal.SIGSTOP)
-    try:
+    with stopped_server(service, "mcp-server-time", then=signal.SIGCONT):
         instance_id = start_task(ASK_TIME)
         outcome = wait_for_outcome(f"/agent/instances/{instance_id}", 120)
-    finally:
-        os.kill(time_server, signal.SIGCONT)
 
     assert outcome["runtime_status"] == "FAILED", outcome
     reason = outcome["failure_details"]["message"]
